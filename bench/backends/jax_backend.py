@@ -1,0 +1,139 @@
+"""JAX adapter. Runs in its own worker process with GPU preallocation off (set before import).
+
+JAX has no user-facing device events, so GPU time is a host clock around a batch of calls ended
+by `block_until_ready()`, as METHOD.md describes.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from typing import Any
+
+import numpy as np
+
+from bench.backends import base
+from bench.backends.base import BackendInfo, Unsupported
+from bench.measure import HostTimer
+
+# Must be set before jax is imported: otherwise JAX grabs 75 % of every GPU at start-up.
+JAX_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+
+
+class Backend:
+    name = "jax"
+
+    def probe(self) -> BackendInfo:
+        for key, value in JAX_ENV.items():
+            os.environ[key] = value
+        try:
+            import jax
+            import jax.numpy as jnp
+        except ImportError as exc:
+            return BackendInfo(False, f"jax is not installed ({exc})")
+        jax.config.update("jax_enable_x64", True)  # float64 cases need it; all dtypes are explicit
+        self.jax, self.jnp = jax, jnp
+        details: dict[str, Any] = {"jaxlib": importlib.metadata.version("jaxlib")}
+        try:
+            details["default_backend"] = jax.default_backend()
+            gpus = jax.devices("gpu")
+            gpu_count, gpu_reason = len(gpus), "" if gpus else "jax sees no GPU"
+        except RuntimeError as exc:
+            gpu_count, gpu_reason = 0, f"jax has no GPU backend ({str(exc).splitlines()[0]})"
+        return BackendInfo(True, "", jax.__version__, gpu_count, gpu_reason, details)
+
+    def _device(self, device: str) -> Any:
+        if device == "cpu":
+            return self.jax.devices("cpu")[0]
+        return self.jax.devices("gpu")[int(device.split(":")[1])]
+
+    def device_name(self, device: str) -> str:
+        if device == "cpu":
+            return base.cpu_model()
+        return self._device(device).device_kind
+
+    def native_dtype(self, dtype: str, device: str) -> Any:
+        jnp = self.jnp
+        if dtype == "tf32":
+            if device == "cpu":
+                raise Unsupported("tf32 is a tensor-core mode of NVIDIA GPUs; CPUs have none")
+            return jnp.float32
+        if dtype == "float8_e4m3":
+            return jnp.float8_e4m3fn
+        return getattr(jnp, dtype)
+
+    def set_precision(self, dtype: str, device: str) -> str:
+        # JAX takes precision per operation, not globally: workloads pass `dot_precision()`.
+        return {"float32": "highest", "tf32": "tensorfloat32"}.get(dtype, "default")
+
+    def dot_precision(self, dtype: str) -> Any:
+        """The `precision=` to give jnp.matmul for a suite dtype (JAX defaults to TF32 on GPU)."""
+        lax = self.jax.lax
+        if dtype == "float32" or dtype == "float64":
+            return lax.Precision.HIGHEST
+        if dtype == "tf32":
+            preset = getattr(lax, "DotAlgorithmPreset", None)
+            return preset.TF32_TF32_F32 if preset is not None else lax.Precision.DEFAULT
+        return lax.Precision.DEFAULT
+
+    def randn(self, shape: tuple[int, ...], dtype: str, device: str, seed: int) -> Any:
+        jax = self.jax
+        with jax.default_device(self._device(device)):
+            x = jax.random.normal(jax.random.key(seed), shape, dtype=self.jnp.float32)
+            return x.astype(self.native_dtype(dtype, device)).block_until_ready()
+
+    def randint8(self, shape: tuple[int, ...], device: str, seed: int) -> Any:
+        jax = self.jax
+        with jax.default_device(self._device(device)):
+            key = jax.random.key(seed)
+            x = jax.random.randint(key, shape, -128, 128, dtype=self.jnp.int8)
+            return x.block_until_ready()
+
+    def take(self, x: Any, picks: tuple[np.ndarray | None, ...]) -> np.ndarray:
+        for axis, idx in enumerate(picks):
+            if idx is not None:
+                x = self.jnp.take(x, self.jnp.asarray(idx), axis=axis)
+        return np.asarray(x.astype(self.jnp.float32) if x.dtype.itemsize < 4 else x, np.float64)
+
+    def sync(self, out: Any) -> None:
+        self.jax.block_until_ready(out)
+
+    def timer(self, device: str) -> HostTimer:
+        return HostTimer(self.sync)
+
+    def flusher(self, device: str) -> Any:
+        if device == "cpu":
+            return None
+        jax, jnp = self.jax, self.jnp
+        stats = self._device(device).memory_stats() or {}
+        size = base.flush_bytes(stats.get("l2_cache_size"))
+        with jax.default_device(self._device(device)):
+            buffer = jnp.zeros(size // 4, dtype=jnp.float32)
+        touch = jax.jit(lambda b: b + 1.0)  # reads and writes every byte of the buffer
+
+        def flush() -> None:
+            touch(buffer).block_until_ready()
+
+        flush()  # compile now, not in the first timed sample's shadow
+        return flush
+
+    def reset_peak_memory(self, device: str) -> None:
+        # XLA's peak_bytes_in_use cannot be reset; the GPU figure is the worker's peak so far.
+        if device == "cpu":
+            base.reset_host_peak()
+
+    def peak_memory(self, device: str) -> tuple[int | None, str]:
+        if device == "cpu":
+            return base.host_peak_bytes()
+        stats = self._device(device).memory_stats() or {}
+        return stats.get("peak_bytes_in_use"), "xla peak_bytes_in_use (worker lifetime)"
+
+    def is_oom(self, exc: BaseException) -> bool:
+        return "RESOURCE_EXHAUSTED" in str(exc) or "out of memory" in str(exc).lower()
+
+    def threads(self, device: str) -> int | None:
+        # XLA:CPU ignores OMP/MKL variables; the process's CPU affinity is what limits it.
+        return base.usable_cores() if device == "cpu" else None
+
+    def release(self) -> None:
+        self.jax.clear_caches()

@@ -1,0 +1,250 @@
+"""The command line: `bench info | list | run | check-timing`.
+
+User errors (UserError, bad arguments) end here as one line on stderr and exit status 2; case
+failures never reach this level, they are rows with a status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import uuid
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from bench import nvml
+from bench import suite as suites
+from bench.backends import BACKENDS
+from bench.backends.base import DTYPES, BackendInfo
+from bench.case import Case, Outcome
+from bench.errors import UserError
+from bench.plan import Filters, plan
+from bench.progress import Progress, summary
+from bench.results import ResultsFile, check_writable, make_row
+from bench.runner import execute, probe_backends
+from bench.workloads import WORKLOADS
+
+DEFAULT_SUITE = "default"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bench", description="Deep-learning hardware benchmarks.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    info = sub.add_parser("info", help="describe this machine and the backends")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.add_argument("--label", help="label for this machine (default: hostname)")
+
+    sub.add_parser("list", help="suites, workloads, dtypes and backends (with availability)")
+
+    run = sub.add_parser("run", help="run a suite and write a results file")
+    run.add_argument(
+        "suite",
+        nargs="?",
+        default=DEFAULT_SUITE,
+        help="suite name in suites/ or a path to a .toml file (default: default)",
+    )
+    run.add_argument("--backend", action="append", help="only these backends (repeat or a,b)")
+    run.add_argument("--workload", action="append", help="only these workloads")
+    run.add_argument("--dtype", action="append", help="only these dtypes")
+    run.add_argument("--device", default="all", help="cpu, gpu or all (default: all)")
+    run.add_argument(
+        "--gpus", default="0", help="GPUs to measure: all, or CUDA indices like 0,1 (default: 0)"
+    )
+    run.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="SECONDS",
+        help="timed seconds per case (overrides the suite)",
+    )
+    run.add_argument("--out", default="results", help="results directory (default: results)")
+    run.add_argument("--label", help="label for this machine (default: hostname)")
+
+    check = sub.add_parser(
+        "check-timing", help="compare the harness with a bare timing loop (torch)"
+    )
+    check.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    check.add_argument("--size", type=int, help="n of the n×n×n product (cpu 2048, gpu 8192)")
+    check.add_argument("--dtype", help="dtype (cpu float32, gpu bfloat16)")
+    check.add_argument("--rounds", type=int, default=3, help="alternating rounds of each")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+# --- bench info / list ------------------------------------------------------------------------
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from bench.discover import describe_machine, format_info
+
+    desc = describe_machine(args.label)
+    desc["backends"] = {name: asdict(info) for name, info in probe_backends(BACKENDS).items()}
+    if args.json:
+        print(json.dumps(desc, indent=2, default=str))
+        return 0
+    print(format_info(desc))
+    print("Backends")
+    for name, info in desc["backends"].items():
+        print(f"  {_backend_line(name, BackendInfo(**info))}")
+    return 0
+
+
+def _backend_line(name: str, info: BackendInfo) -> str:
+    if not info.available:
+        return f"{name:<6} not available: {info.reason}"
+    gpus = f"{info.gpu_count} GPU(s)" if info.gpu_count else f"no GPU ({info.gpu_reason})"
+    extra = ", ".join(f"{k} {v}" for k, v in info.details.items() if v is not None)
+    return f"{name:<6} {info.version}: CPU, {gpus}; {extra}"
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    print("Suites")
+    for name in suites.available_suites():
+        try:
+            description = suites.load(name).description
+        except UserError as exc:
+            description = f"INVALID: {exc}"
+        print(f"  {name:<12} {description}")
+    print("Workloads")
+    for workload in WORKLOADS.values():
+        print(f"  {workload.name:<12} {workload.description}")
+        for key, meaning in workload.keys.items():
+            print(f"    {key:<12} {meaning}")
+    print(f"Dtypes\n  {', '.join(DTYPES)}")
+    print("Backends")
+    for name, info in probe_backends(BACKENDS).items():
+        print(f"  {_backend_line(name, info)}")
+    return 0
+
+
+# --- bench run ----------------------------------------------------------------------------------
+
+
+def _choices(
+    values: list[str] | None, valid: list[str] | tuple[str, ...], what: str
+) -> tuple[str, ...] | None:
+    if not values:
+        return None
+    names = tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+    bad = [n for n in names if n not in valid]
+    if bad:
+        raise UserError(f"unknown {what} {', '.join(map(repr, bad))}; valid: {', '.join(valid)}")
+    return names
+
+
+def _select_gpus(gpus: list[nvml.GpuInfo], spec: str) -> list[nvml.GpuInfo]:
+    if spec == "all" or not gpus:
+        return gpus
+    try:
+        wanted = [int(x) for x in spec.split(",")]
+    except ValueError:
+        raise UserError(f"--gpus: expected 'all' or indices like 0,1; got {spec!r}") from None
+    by_index = {g.index: g for g in gpus}
+    bad = [i for i in wanted if i not in by_index]
+    if bad:
+        raise UserError(f"--gpus: no GPU {bad}; this machine has {', '.join(map(str, by_index))}")
+    return [by_index[i] for i in dict.fromkeys(wanted)]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.discover import describe_machine, flat_machine_columns
+
+    suite = suites.load(args.suite)
+    kinds = {"all": ("cpu", "gpu"), "cpu": ("cpu",), "gpu": ("gpu",)}
+    if args.device not in kinds:
+        raise UserError(f"--device: unknown {args.device!r}; valid: {', '.join(kinds)}")
+    if args.time_budget is not None and not 0.001 <= args.time_budget <= 3600:
+        raise UserError(f"--time-budget: {args.time_budget} is out of range [0.001, 3600]")
+    filters = Filters(
+        backends=_choices(args.backend, list(BACKENDS), "backend"),
+        workloads=_choices(args.workload, list(WORKLOADS), "workload"),
+        dtypes=_choices(args.dtype, DTYPES, "dtype"),
+        device_kinds=kinds[args.device],
+        time_budget_s=args.time_budget,
+    )
+    out_dir = Path(args.out)
+    check_writable(out_dir)
+
+    machine = describe_machine(args.label)
+    gpus, gpu_reason = nvml.list_gpus()
+    gpus = _select_gpus(gpus, args.gpus)
+    planned = list(plan(suite, filters, gpus, gpu_reason or "", machine["memory"]["total_bytes"]))
+    if not planned:
+        raise UserError(f"nothing to run: the filters leave no case of suite {suite.name!r}")
+
+    started_at = datetime.now(UTC)
+    run_id = f"{started_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+    run = {
+        "run_id": run_id,
+        "machine_id": machine["machine_id"],
+        "label": args.label or socket.gethostname(),
+        "started_at": started_at,
+        "suite": suite.name,
+        "suite_path": str(suite.path),
+        "suite_toml": suite.path.read_text(),
+        "argv": sys.argv,
+        "backends": {},
+    }
+    path = out_dir / machine["machine_id"] / f"{run_id}.parquet"
+    check_writable(path.parent)
+    results = ResultsFile(path, machine, run)
+    machine_columns = flat_machine_columns(machine)
+    progress = Progress(len(planned), sum(1 for p in planned if not p.skip_reason))
+
+    def record(
+        case: Case,
+        outcome: Outcome,
+        info: BackendInfo,
+        wall_s: float,
+        finished_at: datetime,
+        ran: bool,
+    ) -> None:
+        if info.version:
+            run["backends"][case.backend] = asdict(info)
+        row = make_row(run, machine_columns, case, outcome, info.version, wall_s, finished_at)
+        results.append(row)
+        progress.update(row, ran)
+
+    print(f"bench: suite {suite.name}, {len(planned)} cases -> {path}", file=sys.stderr)
+    try:
+        execute(planned, record)
+    except KeyboardInterrupt:
+        progress.close()
+        print(
+            f"bench: interrupted; {len(results.rows)} finished cases are in {path}", file=sys.stderr
+        )
+        return 130
+    progress.close()
+    print(summary(results.rows, str(path)))
+    return 0
+
+
+def cmd_check_timing(args: argparse.Namespace) -> int:
+    from bench.timing_check import check_timing
+
+    return check_timing(args.device, args.size, args.dtype, args.rounds)
+
+
+COMMANDS: dict[str, Any] = {
+    "info": cmd_info,
+    "list": cmd_list,
+    "run": cmd_run,
+    "check-timing": cmd_check_timing,
+}

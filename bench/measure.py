@@ -1,0 +1,131 @@
+"""The one measurement loop, shared by every backend and workload.
+
+Algorithm (after triton's do_bench, with budgets in time rather than counts):
+
+    first = time(run once, synchronised)            # compile / autotune / lazy init; kept apart
+    run for warmup_s                                 # clocks settle, caches and allocators fill
+    estimate one call's time from a few timed calls
+    calls_per_sample = ceil(timer.min_sample_s / estimate)   # batch calls shorter than the
+                                                     # timer can resolve (launch latency, clock)
+    n = clamp(time_budget_s / (estimate * calls_per_sample), min_samples, max_samples)
+    repeat n times:
+        flush the cache (outside the timed region, if asked)
+        mark start; run calls_per_sample times; mark stop   # device events on GPUs
+    synchronise once; samples = per-call seconds of each mark pair
+
+The caller checks correctness before calling `measure`, so a wrong result is never timed.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from bench.case import Settings
+
+# Estimation stops after this many calls or this fraction of the time budget, whichever first:
+# enough to size the batches, little enough not to eat the budget of a slow case.
+ESTIMATE_MAX_CALLS = 5
+ESTIMATE_BUDGET_FRACTION = 0.1
+
+
+class Timer(Protocol):
+    """Marks the start and stop of a timed region; `elapsed_s` is valid after `finish()`."""
+
+    # Shortest region this timer measures well; shorter calls are batched.
+    min_sample_s: float
+
+    def start(self) -> Any: ...
+
+    def stop(self, out: Any) -> Any: ...
+
+    def finish(self) -> None: ...
+
+    def elapsed_s(self, start: Any, stop: Any) -> float: ...
+
+
+class HostTimer:
+    """Host clock around a synchronised region (CPU backends; JAX, which has no user events)."""
+
+    # perf_counter resolves well below a microsecond, but a synchronisation costs tens of
+    # microseconds on some backends: 1 ms keeps that under a few percent.
+    min_sample_s = 1e-3
+
+    def __init__(self, sync: Callable[[Any], None]) -> None:
+        self._sync = sync
+
+    def start(self) -> float:
+        return time.perf_counter()
+
+    def stop(self, out: Any) -> float:
+        self._sync(out)
+        return time.perf_counter()
+
+    def finish(self) -> None:
+        pass
+
+    def elapsed_s(self, start: float, stop: float) -> float:
+        return stop - start
+
+
+@dataclass(frozen=True)
+class Measured:
+    first_call_s: float
+    samples_s: tuple[float, ...]
+    calls_per_sample: int
+    warmup_calls: int
+
+
+def measure(
+    run: Callable[[], Any],
+    sync: Callable[[Any], None],
+    timer: Timer,
+    settings: Settings,
+    flush: Callable[[], None] | None = None,
+) -> Measured:
+    """Time `run` as the module docstring describes; `sync(out)` waits for `run`'s result."""
+    t0 = time.perf_counter()
+    sync(run())
+    first_call_s = time.perf_counter() - t0
+
+    warmup_calls = 0
+    warmup_end = time.perf_counter() + settings.warmup_s
+    while time.perf_counter() < warmup_end:
+        out = run()
+        warmup_calls += 1
+        if warmup_calls % 8 == 0:
+            sync(out)  # keep the queue of an asynchronous backend short
+    if warmup_calls:
+        sync(out)
+
+    estimate_s = _estimate_call_s(run, sync, settings.time_budget_s * ESTIMATE_BUDGET_FRACTION)
+    calls = max(1, math.ceil(timer.min_sample_s / max(estimate_s, 1e-9)))
+    wanted = settings.time_budget_s / (estimate_s * calls) if estimate_s > 0 else 1
+    n_samples = int(min(settings.max_samples, max(settings.min_samples, wanted)))
+
+    marks = []
+    for _ in range(n_samples):
+        if flush is not None:
+            flush()
+        start = timer.start()
+        for _ in range(calls):
+            out = run()
+        marks.append((start, timer.stop(out)))
+    timer.finish()
+    samples = tuple(timer.elapsed_s(a, b) / calls for a, b in marks)
+    return Measured(first_call_s, samples, calls, warmup_calls)
+
+
+def _estimate_call_s(run: Callable[[], Any], sync: Callable[[Any], None], budget_s: float) -> float:
+    times = []
+    begin = time.perf_counter()
+    while len(times) < ESTIMATE_MAX_CALLS:
+        t0 = time.perf_counter()
+        sync(run())
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - begin >= budget_s:
+            break
+    return sorted(times)[len(times) // 2]

@@ -1,0 +1,97 @@
+"""Planning: expand a suite into concrete cases, as a pure function of the suite, the user's
+filters and the devices discovered. Cases that cannot run here come out with the reason."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from bench.backends import GPU_ONLY
+from bench.case import Case
+from bench.nvml import GpuInfo
+from bench.suite import Suite
+from bench.workloads import WORKLOADS
+
+# A case whose inputs and output need more than this share of the device's memory is skipped
+# up front: it would only measure the allocator's failure, slowly.
+MAX_MEMORY_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class Filters:
+    backends: tuple[str, ...] | None = None
+    workloads: tuple[str, ...] | None = None
+    dtypes: tuple[str, ...] | None = None
+    device_kinds: tuple[str, ...] = ("cpu", "gpu")
+    time_budget_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Planned:
+    case: Case
+    skip_reason: str = ""  # non-empty: record as skipped without running
+
+
+def plan(
+    suite: Suite,
+    filters: Filters,
+    gpus: list[GpuInfo],
+    gpu_reason: str,
+    host_memory_bytes: int,
+) -> Iterator[Planned]:
+    """Yield every case of `suite` that passes `filters`, on the CPU and on each GPU in `gpus`."""
+    for entry in suite.entries:
+        if filters.workloads and entry.workload not in filters.workloads:
+            continue
+        settings = entry.settings
+        if filters.time_budget_s is not None:
+            settings = dataclasses.replace(settings, time_budget_s=filters.time_budget_s)
+        workload = WORKLOADS[entry.workload]
+        for backend in entry.backends:
+            if filters.backends and backend not in filters.backends:
+                continue
+            for kind in entry.devices:
+                if kind not in filters.device_kinds:
+                    continue
+                targets = _targets(kind, gpus, gpu_reason, host_memory_bytes)
+                if kind == "cpu" and backend in GPU_ONLY:
+                    targets = [("cpu", None, None, GPU_ONLY[backend])]
+                for dtype in entry.dtypes:
+                    if filters.dtypes and dtype not in filters.dtypes:
+                        continue
+                    for device, nvml_index, memory_bytes, reason in targets:
+                        for variant, params in entry.points:
+                            case = Case(
+                                suite.name,
+                                entry.workload,
+                                variant,
+                                backend,
+                                device,
+                                dtype,
+                                params,
+                                settings,
+                                nvml_index,
+                            )
+                            need_bytes = workload.bytes(dict(params), dtype)
+                            yield Planned(case, reason or _memory_reason(need_bytes, memory_bytes))
+
+
+def _targets(
+    kind: str, gpus: list[GpuInfo], gpu_reason: str, host_memory_bytes: int
+) -> list[tuple[str, int | None, int | None, str]]:
+    """(device, NVML index, memory bytes, skip reason) of each device of a kind."""
+    if kind == "cpu":
+        return [("cpu", None, host_memory_bytes, "")]
+    if not gpus:
+        return [("gpu", None, None, gpu_reason or "no NVIDIA GPU found")]
+    return [(f"cuda:{g.index}", g.nvml_index, g.memory_bytes, "") for g in gpus]
+
+
+def _memory_reason(need_bytes: int, memory_bytes: int | None) -> str:
+    if not memory_bytes or need_bytes <= MAX_MEMORY_FRACTION * memory_bytes:
+        return ""
+    return (
+        f"needs {need_bytes / 2**30:.1f} GiB, over {MAX_MEMORY_FRACTION:.0%} of the device's "
+        f"{memory_bytes / 2**30:.1f} GiB"
+    )

@@ -1,0 +1,103 @@
+"""What the user sees while a run goes and when it ends: a progress line with an ETA, then a
+short summary (best throughput per backend × dtype, counts per status, where the file went)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from typing import Any, TextIO
+
+
+class Progress:
+    """One line per case; redrawn in place on a terminal. ETA = remaining runnable cases × the
+    mean wall time of the cases run so far (planned skips cost nothing and are not counted)."""
+
+    def __init__(self, total: int, runnable: int, stream: TextIO = sys.stderr) -> None:
+        self.total = total
+        self.runnable_left = runnable
+        self.done = 0
+        self.run_s = 0.0
+        self.run_count = 0
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.started = time.monotonic()
+
+    def update(self, row: dict[str, Any], ran: bool) -> None:
+        self.done += 1
+        if ran:
+            self.run_count += 1
+            self.run_s += row["case_wall_s"]
+            self.runnable_left -= 1
+        eta = self.runnable_left * self.run_s / self.run_count if self.run_count else None
+        pct = 100 * self.done / self.total if self.total else 100.0
+        width = 20
+        filled = int(width * self.done / self.total) if self.total else width
+        bar = "#" * filled + "." * (width - filled)
+        line = (
+            f"[{bar}] {self.done}/{self.total} {pct:3.0f}% ETA {_duration(eta)}  "
+            f"{row['workload']}/{row['variant']} {_shape(row['params'])} {row['backend']} "
+            f"{row['device']} {row['dtype']}: {_result(row)}"
+        )
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + line[: _columns() - 1])
+        elif ran:  # in a log, cases skipped without running are left to the summary
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
+def _columns() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((120, 24)).columns
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    minutes, secs = divmod(int(seconds + 0.5), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def _shape(params_json: str) -> str:
+    import json
+
+    p = json.loads(params_json)
+    return "x".join(str(p[k]) for k in ("batch", "m", "n", "k") if k in p) or params_json
+
+
+def _result(row: dict[str, Any]) -> str:
+    if row["status"] == "ok":
+        return f"{row['tflops']:.3f} TFLOP/s (median {row['time_median_s'] * 1e3:.3f} ms)"
+    return f"{row['status']} ({row['reason'][:80]})"
+
+
+def summary(rows: list[dict[str, Any]], path: str) -> str:
+    """The end-of-run table as text."""
+    best: dict[tuple[str, str, str], float] = {}
+    for row in rows:
+        if row["status"] == "ok" and row.get("tflops") is not None:
+            key = (row["device"], row["backend"], row["dtype"])
+            best[key] = max(best.get(key, 0.0), row["tflops"])
+    lines = []
+    if best:
+        lines.append(f"{'device':<10} {'backend':<7} {'dtype':<12} {'best TFLOP/s':>12}")
+        for (device, backend, dtype), tflops in sorted(best.items()):
+            lines.append(f"{device:<10} {backend:<7} {dtype:<12} {tflops:>12.3f}")
+    counts = Counter(row["status"] for row in rows)
+    lines.append("status: " + ", ".join(f"{n} {s}" for s, n in counts.most_common()))
+    reasons = Counter(
+        f"{row['backend']} {row['device']}: {row['reason']}"
+        for row in rows
+        if row["status"] != "ok"
+    )
+    for reason, n in reasons.most_common(8):
+        lines.append(f"  {n:4d} × {reason[:150]}")
+    if len(reasons) > 8:
+        lines.append(f"  ... and {len(reasons) - 8} other reasons (see the file's reason column)")
+    lines.append(f"results: {path}")
+    return "\n".join(lines)

@@ -1,0 +1,225 @@
+"""Results files: one parquet file per run, one row per case, rewritten atomically after every
+case so that an interrupted run (Ctrl-C, kill, power loss) leaves every finished case readable.
+
+Schema history (bump SCHEMA_VERSION on any change to COLUMNS; readers accept every version listed):
+  1  2026-11-23  first version.
+
+Method history (bump METHOD_VERSION when a change alters the measured figures):
+  1  2026-11-23  do_bench-style time budgets, median of per-call samples, cold L2 on GPUs,
+                 float64 reference check on sampled rows and columns before timing.
+
+The machine and run descriptions travel inside each file as JSON in the schema metadata
+(keys `bench.machine` and `bench.run`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bench.errors import UserError
+from bench.nvml import TELEMETRY_COLUMNS
+
+SCHEMA_VERSION = 1
+METHOD_VERSION = 1
+READABLE_SCHEMA_VERSIONS = (1,)
+
+_TYPES = {"float64": pa.float64(), "int64": pa.int64(), "string": pa.string(), "bool": pa.bool_()}
+
+# name -> (arrow type, meaning). The README's schema table lists the same columns.
+COLUMNS: dict[str, tuple[pa.DataType, str]] = {
+    "schema_version": (pa.int32(), "version of this column layout"),
+    "method_version": (pa.int32(), "version of the measurement method"),
+    "run_id": (pa.string(), "unique id of the run (one file)"),
+    "machine_id": (pa.string(), "stable hash of the hardware (not the hostname)"),
+    "label": (pa.string(), "user label of the machine (--label, default hostname)"),
+    "started_at": (pa.timestamp("us", tz="UTC"), "when the run started"),
+    "finished_at": (pa.timestamp("us", tz="UTC"), "when this case finished"),
+    "suite": (pa.string(), "suite name"),
+    "workload": (pa.string(), "workload name, e.g. matmul"),
+    "variant": (pa.string(), "shape family within the workload, e.g. square"),
+    "backend": (pa.string(), "torch, jax or cupy"),
+    "backend_version": (pa.string(), "the framework's version"),
+    "device": (pa.string(), "cpu or cuda:<index>"),
+    "device_name": (pa.string(), "CPU model or GPU name"),
+    "dtype": (pa.string(), "float64, float32, tf32, float16, bfloat16, float8_e4m3 or int8"),
+    "precision": (pa.string(), "precision setting given to the backend (e.g. ieee-fp32, tf32)"),
+    "params": (pa.string(), "JSON of the case's parameters"),
+    "status": (pa.string(), "ok, skipped, oom, incorrect, error or timeout"),
+    "reason": (pa.string(), "why a case is not ok; empty when ok"),
+    "first_call_s": (pa.float64(), "first call, synchronised: compile, autotune, lazy init"),
+    "samples_s": (pa.list_(pa.float64()), "raw per-call seconds of each timed sample"),
+    "calls_per_sample": (pa.int64(), "calls between one pair of timer marks"),
+    "time_median_s": (pa.float64(), "median of samples_s"),
+    "time_p25_s": (pa.float64(), "25th percentile of samples_s"),
+    "time_p75_s": (pa.float64(), "75th percentile of samples_s"),
+    "time_min_s": (pa.float64(), "minimum of samples_s"),
+    "noisy": (pa.bool_(), "interquartile range above 10 % of the median"),
+    "flops": (pa.int64(), "floating-point (or integer) operations per call"),
+    "bytes": (pa.int64(), "fewest bytes one call must move (inputs read, output written)"),
+    "tflops": (pa.float64(), "flops / time_median_s / 1e12"),
+    "gbps": (pa.float64(), "bytes / time_median_s / 1e9"),
+    "rel_error": (pa.float64(), "relative error against the float64 reference"),
+    "tolerance": (pa.float64(), "largest rel_error accepted for this dtype"),
+    "peak_mem_bytes": (pa.int64(), "peak memory during the case"),
+    "peak_mem_source": (pa.string(), "where peak_mem_bytes comes from"),
+    "cache": (pa.string(), "cold (L2 flushed before each timed call) or hot"),
+    "threads": (pa.int64(), "CPU threads the backend used (CPU cases)"),
+    "case_wall_s": (pa.float64(), "wall time of the whole case, set-up and check included"),
+    "cpu_model": (pa.string(), "machine: CPU model"),
+    "cpu_cores": (pa.int64(), "machine: physical CPU cores"),
+    "ram_bytes": (pa.int64(), "machine: system RAM"),
+    "gpu_name": (pa.string(), "machine: GPU model(s)"),
+    "gpu_memory_bytes": (pa.int64(), "machine: memory of the first GPU"),
+    "driver_version": (pa.string(), "machine: NVIDIA driver version"),
+    **{
+        name: (_TYPES[kind], "GPU telemetry during the timed region")
+        for name, kind in TELEMETRY_COLUMNS.items()
+    },
+}
+
+SCHEMA = pa.schema([pa.field(name, kind) for name, (kind, _) in COLUMNS.items()])
+
+
+def check_writable(directory: Path) -> None:
+    """Raise UserError unless `directory` exists (or can be made) and takes a file."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write results to {directory}: {exc.strerror or exc}") from exc
+
+
+class ResultsFile:
+    """Accumulates rows and rewrites the whole file atomically (temp file + rename) after each.
+
+    Rewriting costs O(rows) per case, a few milliseconds for the hundreds of rows of a run, and
+    buys a file that is complete and valid at every instant.
+    """
+
+    def __init__(self, path: Path, machine: dict[str, Any], run: dict[str, Any]) -> None:
+        self.path = path
+        self.machine = machine
+        self.run = run  # may grow during the run (backend versions); saved with every write
+        self.rows: list[dict[str, Any]] = []
+
+    def append(self, row: dict[str, Any]) -> None:
+        unknown = set(row) - set(COLUMNS)
+        if unknown:
+            raise ValueError(f"row has columns outside the schema: {sorted(unknown)}")
+        self.rows.append(row)
+        self._write()
+
+    def _write(self) -> None:
+        metadata = {
+            b"bench.machine": json.dumps(self.machine, default=str).encode(),
+            b"bench.run": json.dumps(self.run, default=str).encode(),
+            b"bench.schema_version": str(SCHEMA_VERSION).encode(),
+        }
+        table = pa.Table.from_pylist(self.rows, schema=SCHEMA.with_metadata(metadata))
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                pq.write_table(table, f)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def read_results(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """Read one results file: (pandas DataFrame, {"machine": ..., "run": ...})."""
+    table = pq.read_table(path)
+    meta = table.schema.metadata or {}
+    version = int(meta.get(b"bench.schema_version", b"0"))
+    if version not in READABLE_SCHEMA_VERSIONS:
+        raise UserError(f"{path}: results schema version {version} is not readable by this bench")
+    info = {
+        "machine": json.loads(meta.get(b"bench.machine", b"{}")),
+        "run": json.loads(meta.get(b"bench.run", b"{}")),
+    }
+    return table.to_pandas(), info
+
+
+def result_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Every .parquet file named or found under the given paths, sorted."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        found += sorted(p.rglob("*.parquet")) if p.is_dir() else [p]
+    return found
+
+
+def make_row(
+    run: dict[str, Any],
+    machine_columns: dict[str, Any],
+    case: Any,
+    outcome: Any,
+    backend_version: str | None,
+    case_wall_s: float,
+    finished_at: Any,
+) -> dict[str, Any]:
+    """One results row from a case and its outcome. `run` holds run_id, label, started_at."""
+    from bench.nvml import empty_telemetry
+    from bench.stats import summarize
+    from bench.workloads import WORKLOADS
+
+    workload = WORKLOADS[case.workload]
+    params = case.params_dict()
+    flops = workload.flops(params)
+    moved = workload.bytes(params, case.dtype)
+    row: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "method_version": METHOD_VERSION,
+        "run_id": run["run_id"],
+        "machine_id": run["machine_id"],
+        "label": run["label"],
+        "started_at": run["started_at"],
+        "finished_at": finished_at,
+        "suite": case.suite,
+        "workload": case.workload,
+        "variant": case.variant,
+        "backend": case.backend,
+        "backend_version": backend_version,
+        "device": case.device,
+        "device_name": outcome.device_name or None,
+        "dtype": case.dtype,
+        "precision": outcome.precision or None,
+        "params": case.params_json(),
+        "status": outcome.status,
+        "reason": outcome.reason,
+        "first_call_s": outcome.first_call_s,
+        "samples_s": list(outcome.samples_s),
+        "calls_per_sample": outcome.calls_per_sample,
+        "flops": flops,
+        "bytes": moved,
+        "rel_error": outcome.rel_error,
+        "tolerance": outcome.tolerance,
+        "peak_mem_bytes": outcome.peak_mem_bytes,
+        "peak_mem_source": outcome.peak_mem_source or None,
+        "cache": outcome.cache or None,
+        "threads": outcome.threads,
+        "case_wall_s": case_wall_s,
+        **machine_columns,
+        **empty_telemetry(),
+        **outcome.telemetry,
+    }
+    if outcome.status == "ok" and outcome.samples_s:
+        stats = summarize(outcome.samples_s)
+        row.update(
+            time_median_s=stats.median_s,
+            time_p25_s=stats.p25_s,
+            time_p75_s=stats.p75_s,
+            time_min_s=stats.min_s,
+            noisy=stats.noisy,
+            tflops=flops / stats.median_s / 1e12 if stats.median_s > 0 else None,
+            gbps=moved / stats.median_s / 1e9 if stats.median_s > 0 else None,
+        )
+    return row

@@ -1,0 +1,161 @@
+"""Running planned cases: one worker process per backend, a time limit per case, and a results
+row written for every case as soon as it finishes."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import signal
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from bench.backends.base import BackendInfo
+from bench.case import Case, Outcome
+from bench.plan import Planned
+from bench.worker import worker_main
+
+# Importing a framework and creating its CUDA context can take tens of seconds on a cold
+# machine; a worker that has not reported by then is stuck.
+PROBE_TIMEOUT_S = 180.0
+
+
+class Worker:
+    """A backend's worker process; restarted after a crash or a timeout."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self._proc: Any = None
+        self._conn: Any = None
+        self.info = BackendInfo(False, "not started")
+
+    def start(self) -> BackendInfo:
+        ctx = mp.get_context("spawn")  # a fresh interpreter: no framework state inherited
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=_worker_entry,
+            args=(child, self.backend),
+            daemon=True,
+            name=f"bench-{self.backend}",
+        )
+        self._proc.start()
+        child.close()
+        if not self._conn.poll(PROBE_TIMEOUT_S):
+            self.close()
+            self.info = BackendInfo(False, f"{self.backend} did not start in {PROBE_TIMEOUT_S:g} s")
+            return self.info
+        try:
+            self.info = BackendInfo(**self._conn.recv())
+        except (EOFError, OSError):
+            self.info = BackendInfo(
+                False, f"{self.backend} worker died while starting ({self._exit_text()})"
+            )
+        if not self.info.available:
+            self.close()
+        return self.info
+
+    def run(self, case: Case) -> Outcome:
+        if self._proc is None or not self._proc.is_alive():
+            info = self.start()
+            if not info.available:
+                return Outcome("error", f"{self.backend} worker could not restart: {info.reason}")
+        timeout_s = case.settings.case_timeout_s
+        try:
+            self._conn.send(case)
+            if self._conn.poll(timeout_s):
+                return self._conn.recv()
+        except (EOFError, OSError, BrokenPipeError):
+            reason = f"worker crashed ({self._exit_text()})"
+            self.close()
+            return Outcome("error", reason)
+        self.close()
+        return Outcome("timeout", f"no result within the case time limit of {timeout_s:g} s")
+
+    def _exit_text(self) -> str:
+        if self._proc is None:
+            return "not started"
+        self._proc.join(timeout=5)
+        code = self._proc.exitcode
+        if code is None:
+            return "still running"
+        if code < 0:
+            return f"killed by signal {signal.Signals(-code).name}"
+        return f"exit status {code}"
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            with contextlib.suppress(OSError):
+                self._conn.send(None)
+            self._proc.join(timeout=2)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join(timeout=5)
+        self._proc = None
+
+
+def _worker_entry(conn: Any, backend: str) -> None:
+    # Ctrl-C reaches the whole process group; the parent handles it and stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker_main(conn, backend)
+
+
+def probe_backends(backends: Iterable[str]) -> dict[str, BackendInfo]:
+    """Start each backend's worker just to ask whether it works (for `bench info`/`list`)."""
+    infos = {}
+    for backend in backends:
+        worker = Worker(backend)
+        infos[backend] = worker.start()
+        worker.close()
+    return infos
+
+
+# record(case, outcome, backend info, case wall seconds, finished at, ran in a worker)
+Record = Callable[[Case, Outcome, BackendInfo, float, datetime, bool], None]
+
+
+def execute(planned: list[Planned], record: Record) -> dict[str, BackendInfo]:
+    """Run every planned case in order, one backend at a time; `record` each result at once.
+
+    Cases planned as skipped are recorded without starting anything. Returns what each backend's
+    probe said, for the run's description.
+    """
+    infos: dict[str, BackendInfo] = {}
+    by_backend: dict[str, list[Planned]] = {}
+    for item in planned:
+        by_backend.setdefault(item.case.backend, []).append(item)
+    for backend, items in by_backend.items():
+        worker: Worker | None = None
+        try:
+            for item in items:
+                started = time.perf_counter()
+                if worker is None and not item.skip_reason:
+                    worker = Worker(backend)
+                    infos[backend] = worker.start()
+                outcome = _skip_reason(item, infos.get(backend))
+                ran = outcome is None
+                if outcome is None:
+                    assert worker is not None
+                    outcome = worker.run(item.case)
+                elapsed_s = time.perf_counter() - started
+                info = infos.get(backend) or BackendInfo(False)
+                record(item.case, outcome, info, elapsed_s, datetime.now(UTC), ran)
+        finally:
+            if worker is not None:
+                worker.close()
+    return infos
+
+
+def _skip_reason(item: Planned, info: BackendInfo | None) -> Outcome | None:
+    """A skipped Outcome when the case cannot run (planned so, backend or its GPU missing)."""
+    if item.skip_reason:
+        return Outcome("skipped", item.skip_reason)
+    if info is None:
+        return None
+    if not info.available:
+        return Outcome("skipped", info.reason)
+    if item.case.device_kind == "gpu":
+        index = int(item.case.device.split(":")[1])
+        if index >= info.gpu_count:
+            return Outcome("skipped", info.gpu_reason or f"{info.gpu_count} GPU(s) visible")
+    return None

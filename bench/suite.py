@@ -1,0 +1,173 @@
+"""Suites: TOML files in `suites/` (or any path) that say what to run, validated on load.
+
+    name = "default"
+    description = "..."
+    [settings]                  # optional: how to measure (bench.case.Settings)
+    time_budget_s = 1.0
+    [[cases]]                   # one or more entries
+    workload = "matmul"
+    backends = ["torch", "jax"] # optional, default: all backends
+    devices = ["cpu", "gpu"]    # optional, default: both
+    dtypes = ["float32"]
+    square = [256, 512]         # the workload's own keys (see `bench list`)
+    [cases.settings]            # optional per-entry overrides of [settings]
+
+Every problem is a UserError naming the file and the key path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.backends import BACKENDS
+from bench.backends.base import DTYPES
+from bench.case import Settings
+from bench.errors import UserError
+from bench.workloads import WORKLOADS
+
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+DEVICE_KINDS = ("cpu", "gpu")
+ENTRY_KEYS = ("workload", "backends", "devices", "dtypes", "settings")
+
+# Accepted ranges of each setting: (type, lowest, highest).
+SETTING_RANGES: dict[str, tuple[type, float, float]] = {
+    "time_budget_s": (float, 0.001, 3600.0),
+    "warmup_s": (float, 0.0, 600.0),
+    "min_samples": (int, 1, 100_000),
+    "max_samples": (int, 1, 1_000_000),
+    "case_timeout_s": (float, 1.0, 86_400.0),
+    "l2_flush": (bool, 0, 1),
+}
+
+
+@dataclass(frozen=True)
+class Entry:
+    workload: str
+    backends: tuple[str, ...]
+    devices: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    points: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]  # (variant, sorted params)
+    settings: Settings
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    path: Path
+    settings: Settings
+    entries: tuple[Entry, ...]
+
+
+def available_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
+
+
+def resolve(name_or_path: str) -> Path:
+    """A suite name (a file in suites/) or a path to a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise UserError(f"suite file {path} does not exist")
+        return path
+    candidate = SUITES_DIR / f"{name_or_path}.toml"
+    if not candidate.is_file():
+        raise UserError(
+            f"unknown suite {name_or_path!r}; valid: {', '.join(available_suites())} "
+            "or a path to a .toml file"
+        )
+    return candidate
+
+
+def load(name_or_path: str) -> Suite:
+    path = resolve(name_or_path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: invalid TOML: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read: {exc}") from exc
+    return parse(data, path)
+
+
+def parse(data: dict[str, Any], path: Path) -> Suite:
+    where = str(path)
+    unknown = set(data) - {"name", "description", "settings", "cases"}
+    if unknown:
+        raise UserError(
+            f"{where}: unknown top-level key(s) {', '.join(sorted(unknown))}; "
+            "valid: name, description, settings, cases"
+        )
+    name = data.get("name", path.stem)
+    if not isinstance(name, str) or not name:
+        raise UserError(f"{where}: name: expected a non-empty string, got {name!r}")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise UserError(f"{where}: description: expected a string, got {description!r}")
+    settings = parse_settings(data.get("settings", {}), Settings(), f"{where}: settings")
+    cases = data.get("cases")
+    if not isinstance(cases, list) or not cases:
+        raise UserError(f"{where}: expected one or more [[cases]] entries")
+    entries = tuple(
+        _parse_entry(entry, settings, f"{where}: cases[{i}]") for i, entry in enumerate(cases)
+    )
+    return Suite(name, description, path, settings, entries)
+
+
+def parse_settings(raw: Any, base: Settings, where: str) -> Settings:
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: expected a table, got {raw!r}")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in SETTING_RANGES:
+            raise UserError(f"{where}: unknown setting {key!r}; valid: {', '.join(SETTING_RANGES)}")
+        kind, low, high = SETTING_RANGES[key]
+        ok_type = (
+            isinstance(value, bool)
+            if kind is bool
+            else (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and (kind is float or isinstance(value, int))
+            )
+        )
+        if not ok_type:
+            raise UserError(f"{where}.{key}: expected {kind.__name__}, got {value!r}")
+        if kind is not bool and not low <= value <= high:
+            raise UserError(f"{where}.{key}: {value} is out of range [{low:g}, {high:g}]")
+        values[key] = kind(value)
+    merged = dataclasses.replace(base, **values)
+    if merged.max_samples < merged.min_samples:
+        raise UserError(f"{where}: max_samples ({merged.max_samples}) < min_samples")
+    return merged
+
+
+def _names(raw: Any, valid: tuple[str, ...] | list[str], where: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not raw or not all(isinstance(x, str) for x in raw):
+        raise UserError(f"{where}: expected a non-empty list of names, got {raw!r}")
+    bad = [x for x in raw if x not in valid]
+    if bad:
+        raise UserError(f"{where}: unknown {', '.join(map(repr, bad))}; valid: {', '.join(valid)}")
+    return tuple(dict.fromkeys(raw))
+
+
+def _parse_entry(raw: Any, suite_settings: Settings, where: str) -> Entry:
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: expected a table")
+    workload = raw.get("workload")
+    if workload not in WORKLOADS:
+        raise UserError(f"{where}.workload: unknown {workload!r}; valid: {', '.join(WORKLOADS)}")
+    backends = _names(raw.get("backends", list(BACKENDS)), list(BACKENDS), f"{where}.backends")
+    devices = _names(raw.get("devices", list(DEVICE_KINDS)), DEVICE_KINDS, f"{where}.devices")
+    if "dtypes" not in raw:
+        raise UserError(f"{where}: missing dtypes; valid: {', '.join(DTYPES)}")
+    dtypes = _names(raw["dtypes"], DTYPES, f"{where}.dtypes")
+    settings = parse_settings(raw.get("settings", {}), suite_settings, f"{where}.settings")
+    own = {k: v for k, v in raw.items() if k not in ENTRY_KEYS}
+    points = WORKLOADS[workload].parse(own, where)
+    frozen = tuple((variant, tuple(sorted(p.items()))) for variant, p in points)
+    return Entry(workload, backends, devices, dtypes, frozen, settings)

@@ -1,0 +1,93 @@
+"""The shape of a workload and the helpers workloads share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bench.errors import UserError
+
+# Bytes per element of each suite dtype as stored in memory (tf32 is stored as float32).
+ITEM_BYTES = {
+    "float64": 8,
+    "float32": 4,
+    "tf32": 4,
+    "float16": 2,
+    "bfloat16": 2,
+    "float8_e4m3": 1,
+    "int8": 1,
+    "int32": 4,
+}
+
+# Largest relative error (Frobenius norm of the error over that of the float64 reference) a
+# result may have. Inputs are drawn in the target dtype, so the reference sees the same rounded
+# inputs; what remains is accumulation and output rounding. Any real bug gives errors near 1.
+TOLERANCE = {
+    "float64": 1e-12,
+    "float32": 1e-5,  # METHOD.md: fp32 <~ 1e-5
+    "tf32": 3e-3,  # inputs rounded to 10 mantissa bits: ~7e-4 norm-wise, METHOD.md ~1e-3
+    "float16": 2e-3,  # fp32 accumulation, fp16 output rounding (2^-11)
+    "bfloat16": 1e-2,  # bf16 output rounding (2^-8)
+    "float8_e4m3": 1e-2,  # exact fp8 products, bf16 output
+    "int8": 0.0,  # int32 accumulation is exact
+}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A case ready to time: `run()` performs one call and returns its output; `check()`
+    returns the relative error of a fresh call's output against a float64 reference."""
+
+    run: Callable[[], Any]
+    check: Callable[[], float]
+    tolerance: float
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    description: str
+    # Validate the workload's own keys of a suite entry; return (variant, params) points.
+    parse: Callable[[dict[str, Any], str], list[tuple[str, dict[str, Any]]]]
+    flops: Callable[[dict[str, Any]], int]
+    bytes: Callable[[dict[str, Any], str], int]  # fewest bytes the op must move (also footprint)
+    setup: Callable[[Any, str, str, dict[str, Any], int], Prepared]
+    keys: dict[str, str]  # suite keys -> what they mean, for `bench list` and error messages
+
+
+def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
+    """||out - ref|| / ||ref|| in float64; NaN or inf anywhere never passes."""
+    if not np.all(np.isfinite(out)):
+        return float("inf")
+    denom = float(np.linalg.norm(ref))
+    diff = float(np.linalg.norm(out - ref))
+    return diff / denom if denom > 0 else diff
+
+
+def positive_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UserError(f"{where}: expected a positive integer, got {value!r}")
+    return value
+
+
+def table_of_ints(value: Any, keys: tuple[str, ...], where: str) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise UserError(f"{where}: expected a table with keys {', '.join(keys)}, got {value!r}")
+    missing = [k for k in keys if k not in value]
+    extra = [k for k in value if k not in keys]
+    if missing or extra:
+        raise UserError(
+            f"{where}: expected exactly the keys {', '.join(keys)}"
+            + (f"; missing {', '.join(missing)}" if missing else "")
+            + (f"; unknown {', '.join(extra)}" if extra else "")
+        )
+    return {k: positive_int(value[k], f"{where}.{k}") for k in keys}
+
+
+def list_of(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list) or not value:
+        raise UserError(f"{where}: expected a non-empty list, got {value!r}")
+    return value
