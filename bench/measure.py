@@ -12,6 +12,7 @@ Algorithm (after triton's do_bench, with budgets in time rather than counts):
         flush the cache (outside the timed region, if asked)
         mark start; run calls_per_sample times; mark stop   # device events on GPUs
     synchronise once; samples = per-call seconds of each mark pair
+    (telemetry, when given, samples the device during this timed loop only)
 
 The caller checks correctness before calling `measure`, so a wrong result is never timed.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -85,8 +87,13 @@ def measure(
     timer: Timer,
     settings: Settings,
     flush: Callable[[], None] | None = None,
+    timed_region: AbstractContextManager[Any] | None = None,
 ) -> Measured:
-    """Time `run` as the module docstring describes; `sync(out)` waits for `run`'s result."""
+    """Time `run` as the module docstring describes; `sync(out)` waits for `run`'s result.
+
+    `timed_region` (e.g. a telemetry sampler) is entered just before the first timed sample and
+    left after the final synchronisation, so what it sees is the timed samples (and flushes).
+    """
     t0 = time.perf_counter()
     sync(run())
     first_call_s = time.perf_counter() - t0
@@ -107,14 +114,15 @@ def measure(
     n_samples = int(min(settings.max_samples, max(settings.min_samples, wanted)))
 
     marks = []
-    for _ in range(n_samples):
-        if flush is not None:
-            flush()
-        start = timer.start()
-        for _ in range(calls):
-            out = run()
-        marks.append((start, timer.stop(out)))
-    timer.finish()
+    with timed_region or nullcontext():
+        for _ in range(n_samples):
+            if flush is not None:
+                flush()
+            start = timer.start()
+            for _ in range(calls):
+                out = run()
+            marks.append((start, timer.stop(out)))
+        timer.finish()
     samples = tuple(timer.elapsed_s(a, b) / calls for a, b in marks)
     return Measured(first_call_s, samples, calls, warmup_calls)
 

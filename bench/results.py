@@ -116,7 +116,11 @@ class ResultsFile:
         if unknown:
             raise ValueError(f"row has columns outside the schema: {sorted(unknown)}")
         self.rows.append(row)
-        self._write()
+        try:
+            self._write()
+        except BaseException:  # e.g. Ctrl-C mid-write: rows stay what the file holds
+            self.rows.pop()
+            raise
 
     def _write(self) -> None:
         metadata = {

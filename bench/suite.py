@@ -161,6 +161,13 @@ def _parse_entry(raw: Any, suite_settings: Settings, where: str) -> Entry:
     workload = raw.get("workload")
     if workload not in WORKLOADS:
         raise UserError(f"{where}.workload: unknown {workload!r}; valid: {', '.join(WORKLOADS)}")
+    valid_keys = [*ENTRY_KEYS, *WORKLOADS[workload].keys]
+    unknown = [k for k in raw if k not in valid_keys]
+    if unknown:
+        raise UserError(
+            f"{where}: unknown key(s) {', '.join(map(repr, unknown))} for {workload}; "
+            f"valid: {', '.join(valid_keys)}"
+        )
     backends = _names(raw.get("backends", list(BACKENDS)), list(BACKENDS), f"{where}.backends")
     devices = _names(raw.get("devices", list(DEVICE_KINDS)), DEVICE_KINDS, f"{where}.devices")
     if "dtypes" not in raw:
@@ -169,5 +176,6 @@ def _parse_entry(raw: Any, suite_settings: Settings, where: str) -> Entry:
     settings = parse_settings(raw.get("settings", {}), suite_settings, f"{where}.settings")
     own = {k: v for k, v in raw.items() if k not in ENTRY_KEYS}
     points = WORKLOADS[workload].parse(own, where)
-    frozen = tuple((variant, tuple(sorted(p.items()))) for variant, p in points)
+    # A point listed twice is measured once, as a name listed twice is.
+    frozen = tuple(dict.fromkeys((variant, tuple(sorted(p.items()))) for variant, p in points))
     return Entry(workload, backends, devices, dtypes, frozen, settings)

@@ -8,6 +8,7 @@ Protocol over a multiprocessing pipe: the worker first sends its `BackendInfo`; 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import traceback
 from dataclasses import asdict
@@ -21,6 +22,9 @@ from bench.measure import measure
 from bench.workloads import WORKLOADS
 
 SEED = 20261123  # inputs are seeded so every run measures the same data
+# The first case on a GPU warms up this long instead of its own warmup_s: an idle GPU sits at a
+# low clock, and METHOD.md asks for the device to be warm before a sweep starts.
+DEVICE_WARMUP_S = 2.0
 
 
 def worker_main(conn: Connection, backend: str) -> None:
@@ -29,8 +33,17 @@ def worker_main(conn: Connection, backend: str) -> None:
     conn.send(asdict(info))
     if not info.available:
         return
+    warmed: set[str] = {"cpu"}
     while (case := conn.recv()) is not None:
-        conn.send(run_case(bk, case))
+        if case.device not in warmed:
+            warmup_s = max(case.settings.warmup_s, DEVICE_WARMUP_S)
+            case = dataclasses.replace(
+                case, settings=dataclasses.replace(case.settings, warmup_s=warmup_s)
+            )
+        outcome = run_case(bk, case)
+        if outcome.status == "ok":
+            warmed.add(case.device)
+        conn.send(outcome)
         gc.collect()  # the case's arrays are unreachable only now, outside its frames
         with contextlib.suppress(Exception):
             bk.release()
@@ -53,8 +66,9 @@ def run_case(bk: Any, case: Case) -> Outcome:
         if not rel_error <= prepared.tolerance:  # NaN compares false: it never passes
             reason = f"relative error {rel_error:.3g} exceeds tolerance {prepared.tolerance:.3g}"
             return Outcome("incorrect", reason, **known)
-        with _telemetry(case.nvml_index) as telemetry:
-            measured = measure(prepared.run, bk.sync, bk.timer(device), case.settings, flush)
+        telemetry = _telemetry(case.nvml_index)
+        timer = bk.timer(device)
+        measured = measure(prepared.run, bk.sync, timer, case.settings, flush, telemetry)
         peak_bytes, peak_source = bk.peak_memory(device)
         if measured.calls_per_sample > 1:
             known["cache"] = "hot"  # only the first call of a batched sample follows a flush
@@ -71,7 +85,8 @@ def run_case(bk: Any, case: Case) -> Outcome:
     except Unsupported as exc:
         return Outcome("skipped", str(exc), **known)
     except Exception as exc:
-        status = "oom" if bk.is_oom(exc) else "error"
+        # MemoryError: a host allocation failed (numpy, or the float64 reference of a check).
+        status = "oom" if isinstance(exc, MemoryError) or bk.is_oom(exc) else "error"
         return Outcome(status, _one_line(exc), **known)
 
 
@@ -82,18 +97,14 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first[:300]}{at}"
 
 
-@contextlib.contextmanager
 def _telemetry(nvml_index: int | None) -> Any:
+    """A GPU's telemetry sampler (a context manager with summary()); a null one on the CPU."""
     from bench import nvml
 
-    if nvml_index is None:
-        yield _NoTelemetry()
-        return
-    with nvml.TelemetrySampler(nvml_index) as sampler:
-        yield sampler
+    return _NoTelemetry() if nvml_index is None else nvml.TelemetrySampler(nvml_index)
 
 
-class _NoTelemetry:
+class _NoTelemetry(contextlib.nullcontext):
     def summary(self) -> dict[str, Any]:
         from bench import nvml
 

@@ -95,8 +95,10 @@ class Backend:
         if dtype == "bfloat16":
             try:
                 import ml_dtypes
-            except ImportError as exc:
-                raise Unsupported("cupy bfloat16 needs the ml_dtypes package") from exc
+
+                self.cupy.zeros(1, dtype=ml_dtypes.bfloat16)
+            except Exception as exc:  # ImportError, or a CuPy without bfloat16 arrays
+                raise Unsupported(f"CuPy {self.cupy.__version__} has no bfloat16: {exc}") from exc
             return ml_dtypes.bfloat16
         if dtype in ("float8_e4m3", "int8"):
             raise Unsupported(f"CuPy exposes no cuBLAS {dtype} GEMM")

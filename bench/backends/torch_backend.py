@@ -146,7 +146,14 @@ class Backend:
 
     def is_oom(self, exc: BaseException) -> bool:
         oom = getattr(self.torch, "OutOfMemoryError", None)
-        return (oom is not None and isinstance(exc, oom)) or "out of memory" in str(exc).lower()
+        if oom is not None and isinstance(exc, oom):
+            return True
+        # The CPU allocator raises a plain RuntimeError ("DefaultCPUAllocator: can't allocate
+        # memory" / "not enough memory").
+        text = str(exc).lower()
+        return any(
+            s in text for s in ("out of memory", "can't allocate memory", "not enough memory")
+        )
 
     def threads(self, device: str) -> int | None:
         return self.torch.get_num_threads() if device == "cpu" else None

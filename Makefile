@@ -1,0 +1,57 @@
+# make bench   set up (first time) and run the default suite; results land in results/
+# make test    set up (first time), lint and run the tests
+#
+# PYTHON=/path/to/python  use an interpreter that already has the dependencies and skip setup
+#                         (e.g. a GPU machine without a package registry)
+# SUITE=name|path.toml    suite for make bench (default: default)
+# ARGS="..."              extra arguments for `bench run`, e.g. ARGS="--device gpu --gpus all"
+# PYTEST_ARGS="..."       extra arguments for pytest
+
+VENV ?= .venv
+SUITE ?= default
+ARGS ?=
+PYTEST_ARGS ?=
+PYTHON ?=
+
+ifeq ($(strip $(PYTHON)),)
+PY := $(VENV)/bin/python
+BENCH_READY := $(VENV)/.bench-ready
+TEST_READY := $(VENV)/.test-ready
+else
+PY := $(PYTHON)
+BENCH_READY :=
+TEST_READY :=
+endif
+
+.PHONY: bench test lint info list check-timing setup clean
+
+bench: $(BENCH_READY)
+	$(PY) -m bench run $(SUITE) $(ARGS)
+
+test: $(TEST_READY) lint
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(TEST_READY)
+	@if $(PY) -m ruff --version >/dev/null 2>&1; then \
+		$(PY) -m ruff check bench tests scripts && $(PY) -m ruff format --check bench tests scripts; \
+	else echo "lint: ruff is not installed for $(PY); skipped"; fi
+
+info: $(BENCH_READY)
+	$(PY) -m bench info
+
+list: $(BENCH_READY)
+	$(PY) -m bench list
+
+check-timing: $(BENCH_READY)
+	$(PY) -m bench check-timing $(ARGS)
+
+setup: $(TEST_READY)
+
+$(VENV)/.bench-ready: pyproject.toml scripts/setup_env.py
+	python3 scripts/setup_env.py $(VENV)
+
+$(VENV)/.test-ready: pyproject.toml scripts/setup_env.py
+	python3 scripts/setup_env.py $(VENV) --dev
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .ruff_cache

@@ -1,0 +1,150 @@
+"""bench.runner: real worker processes (spawned interpreters), time limits, crashes and skips.
+
+Workers are fresh interpreters, so nothing monkeypatched here reaches them. To make a worker
+hang or die without a test hook in bench, a case carries a parameter whose unpickling (in the
+worker, as it receives the case) calls time.sleep or os._exit: the worker then really hangs or
+really exits, as a stuck kernel or a crashed CUDA context would make it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from datetime import datetime
+from typing import Any
+
+import pytest
+from conftest import FAST, HAS_GPU, make_case
+
+from bench import runner
+from bench.backends.base import BackendInfo
+from bench.case import Case, Outcome
+from bench.plan import Planned
+from bench.runner import Worker, execute
+
+pytestmark = pytest.mark.slow
+
+
+class HangOnArrival:
+    """Unpickled in the worker as time.sleep(600): the worker never answers."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (time.sleep, (600,))
+
+
+class ExitOnArrival:
+    """Unpickled in the worker as os._exit(17): the worker dies at once."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os._exit, (17,))
+
+
+def _with(case: Case, **settings: Any) -> Case:
+    return dataclasses.replace(case, settings=dataclasses.replace(case.settings, **settings))
+
+
+def _poisoned(value: Any) -> Case:
+    params = {"batch": 1, "m": 32, "n": 32, "k": 32, "z": value}
+    return _with(make_case(params=params), case_timeout_s=1.0)
+
+
+Record = tuple[Case, Outcome, BackendInfo, float, datetime, bool]
+
+
+def _execute(planned: list[Planned]) -> tuple[list[Record], dict[str, BackendInfo]]:
+    records: list[Record] = []
+    infos = execute(planned, lambda *args: records.append(args))
+    return records, infos
+
+
+def test_a_hung_case_times_out_and_the_worker_is_replaced() -> None:
+    worker = Worker("torch")
+    try:
+        info = worker.start()
+        assert info.available and info.version
+        started = time.monotonic()
+        outcome = worker.run(_poisoned(HangOnArrival()))
+        waited = time.monotonic() - started
+        assert outcome.status == "timeout"
+        assert outcome.reason == "no result within the case time limit of 1 s"
+        assert 1.0 <= waited < 15  # the limit, then a bounded wait to stop the worker
+        # The next case on this backend runs in a fresh worker.
+        again = worker.run(make_case())
+        assert again.status == "ok", again.reason
+        assert len(again.samples_s) >= FAST.min_samples
+    finally:
+        worker.close()
+
+
+def test_timeouts_and_crashes_in_a_run_do_not_stop_it() -> None:
+    big = make_case(dtype="float64", params={"batch": 1, "m": 512, "n": 512, "k": 512})
+    planned = [
+        # A real 512³ float64 product (with its set-up and check) cannot finish in 1 ms.
+        Planned(_with(big, case_timeout_s=0.001, time_budget_s=0.2)),
+        Planned(make_case(dtype="float32")),
+        Planned(_poisoned(ExitOnArrival())),
+        Planned(make_case(dtype="float64")),
+    ]
+    records, infos = _execute(planned)
+    statuses = [outcome.status for _, outcome, *_ in records]
+    assert statuses == ["timeout", "ok", "error", "ok"]
+    assert [case for case, *_ in records] == [p.case for p in planned]
+    crash = records[2][1]
+    assert crash.reason == "worker crashed (exit status 17)"
+    assert records[0][1].reason == "no result within the case time limit of 0.001 s"
+    assert all(ran for *_, ran in records)
+    assert infos["torch"].available
+    for _case, _outcome, info, wall_s, finished_at, _ran in records:
+        assert info.version == infos["torch"].version
+        assert wall_s > 0 and finished_at.tzinfo is not None
+    assert records[1][1].rel_error is not None and records[1][1].rel_error <= 1e-5
+
+
+def test_skips_are_recorded_without_running_anything(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[str] = []
+
+    class CountingWorker(Worker):
+        def start(self) -> BackendInfo:
+            started.append(self.backend)
+            return super().start()
+
+    monkeypatch.setattr(runner, "Worker", CountingWorker)
+    nvml_reason = "not available: NVML could not start"
+    planned = [
+        Planned(make_case("jax", device="gpu"), nvml_reason),
+        Planned(make_case("jax", dtype="float64", device="gpu"), nvml_reason),
+        Planned(make_case("cupy"), "cupy runs on NVIDIA GPUs only"),
+    ]
+    records, infos = _execute(planned)
+    assert started == [] and infos == {}
+    assert [(o.status, o.reason) for _, o, *_ in records] == [
+        ("skipped", nvml_reason),
+        ("skipped", nvml_reason),
+        ("skipped", "cupy runs on NVIDIA GPUs only"),
+    ]
+    assert not any(ran for *_, ran in records)
+
+
+@pytest.mark.skipif(HAS_GPU, reason="needs a machine without a usable GPU")
+def test_gpu_cases_on_a_machine_without_cuda_are_skipped_after_the_probe() -> None:
+    """Planned for a GPU (as if NVML had listed one) but the backends see none: skipped with the
+    backend's own reason, never an error."""
+    planned = [
+        Planned(make_case("torch", device="cuda:0", nvml_index=0)),
+        Planned(make_case("torch", device="cpu")),
+        Planned(make_case("cupy", device="cuda:0", nvml_index=0)),
+        Planned(make_case("cupy", dtype="float16", device="cuda:0", nvml_index=0)),
+    ]
+    records, infos = _execute(planned)
+    outcomes = [o for _, o, *_ in records]
+    assert [o.status for o in outcomes] == ["skipped", "ok", "skipped", "skipped"]
+    torch_info = infos["torch"]
+    if torch_info.gpu_count == 0:
+        assert outcomes[0].reason == torch_info.gpu_reason
+        assert "CPU-only build" in outcomes[0].reason or "no CUDA device" in outcomes[0].reason
+    cupy_info = infos["cupy"]
+    if not cupy_info.available:
+        assert outcomes[2].reason == outcomes[3].reason == cupy_info.reason
+        assert "no CUDA device" in cupy_info.reason or "not installed" in cupy_info.reason
+    assert records[1][2].available  # the CPU case ran with torch's probe info
