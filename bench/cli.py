@@ -80,12 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
         args = build_parser().parse_args(argv)
+        args.argv = argv
         return COMMANDS[args.command](args)
     except UserError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before any case ran; cmd_run handles it once cases run
+        print("bench: interrupted", file=sys.stderr)
+        return 130
 
 
 # --- bench info / list ------------------------------------------------------------------------
@@ -140,9 +145,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 def _choices(
     values: list[str] | None, valid: list[str] | tuple[str, ...], what: str
 ) -> tuple[str, ...] | None:
-    if not values:
+    if values is None:
         return None
     names = tuple(v.strip() for value in values for v in value.split(",") if v.strip())
+    if not names:
+        raise UserError(f"empty {what} list; valid: {', '.join(valid)}")
     bad = [n for n in names if n not in valid]
     if bad:
         raise UserError(f"unknown {what} {', '.join(map(repr, bad))}; valid: {', '.join(valid)}")
@@ -150,12 +157,14 @@ def _choices(
 
 
 def _select_gpus(gpus: list[nvml.GpuInfo], spec: str) -> list[nvml.GpuInfo]:
-    if spec == "all" or not gpus:
+    if spec == "all":
         return gpus
     try:
         wanted = [int(x) for x in spec.split(",")]
     except ValueError:
         raise UserError(f"--gpus: expected 'all' or indices like 0,1; got {spec!r}") from None
+    if not gpus:
+        return gpus  # GPU cases become skipped rows that say why there is no GPU
     by_index = {g.index: g for g in gpus}
     bad = [i for i in wanted if i not in by_index]
     if bad:
@@ -199,7 +208,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "suite": suite.name,
         "suite_path": str(suite.path),
         "suite_toml": suite.path.read_text(),
-        "argv": sys.argv,
+        "argv": ["bench", *args.argv],
         "backends": {},
     }
     path = out_dir / machine["machine_id"] / f"{run_id}.parquet"

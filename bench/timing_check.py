@@ -21,6 +21,7 @@ from bench.stats import summarize
 TARGET_FRACTION = {"cpu": 0.05, "gpu": 0.02}
 DEFAULTS = {"cpu": (2048, "float32", 3.0), "gpu": (8192, "bfloat16", 2.0)}  # n, dtype, seconds
 BARE_WARMUP_CALLS = 3
+FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")  # plain torch.matmul dtypes
 
 
 def bare_loop(conn: Any, device: str, dtype: str, n: int, seconds: float) -> None:
@@ -95,14 +96,18 @@ def check_timing(kind: str, n: int | None, dtype: str | None, rounds: int) -> in
 
     default_n, default_dtype, seconds = DEFAULTS[kind]
     n, dtype = n or default_n, dtype or default_dtype
+    if dtype not in FLOAT_DTYPES:
+        raise UserError(f"--dtype: {dtype!r} is not timed here; valid: {', '.join(FLOAT_DTYPES)}")
+    if not 16 <= n <= 65536:
+        raise UserError(f"--size: {n} is out of range [16, 65536]")
+    if rounds < 1:
+        raise UserError("--rounds must be at least 1")
     device, nvml_index = "cpu", None
     if kind == "gpu":
         gpus, reason = nvml.list_gpus()
         if not gpus:
             raise UserError(f"check-timing --device gpu: no GPU ({reason})")
         device, nvml_index = f"cuda:{gpus[0].index}", gpus[0].nvml_index
-    if rounds < 1:
-        raise UserError("--rounds must be at least 1")
     flops = 2 * n**3
     print(
         f"check-timing: torch matmul {n}×{n}×{n} {dtype} on {device}, {rounds} round(s) "
