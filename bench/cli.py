@@ -241,7 +241,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 130
     progress.close()
+    elapsed_s = (datetime.now(UTC) - started_at).total_seconds()
     print(summary(results.rows, str(path)))
+    print(f"took {elapsed_s / 60:.1f} min")
     return 0
 
 

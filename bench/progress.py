@@ -89,7 +89,12 @@ def summary(rows: list[dict[str, Any]], path: str) -> str:
         for (device, backend, dtype), tflops in sorted(best.items()):
             lines.append(f"{device:<10} {backend:<7} {dtype:<12} {tflops:>12.3f}")
     counts = Counter(row["status"] for row in rows)
-    lines.append("status: " + ", ".join(f"{n} {s}" for s, n in counts.most_common()))
+    noisy = sum(1 for row in rows if row.get("noisy"))
+    lines.append(
+        "status: "
+        + ", ".join(f"{n} {s}" for s, n in counts.most_common())
+        + (f"; {noisy} ok case(s) noisy (IQR > 10 % of the median)" if noisy else "")
+    )
     reasons = Counter(
         f"{row['backend']} {row['device']}: {row['reason']}"
         for row in rows
