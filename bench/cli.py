@@ -233,7 +233,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     print(f"bench: suite {suite.name}, {len(planned)} cases -> {path}", file=sys.stderr)
     try:
-        execute(planned, record)
+        execute(planned, record, progress.starting)
     except KeyboardInterrupt:
         progress.close()
         print(

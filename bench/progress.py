@@ -45,6 +45,13 @@ class Progress:
             self.stream.write(line + "\n")
         self.stream.flush()
 
+    def starting(self, case: Any) -> None:
+        """On a terminal, say which case is running (a slow one can take minutes)."""
+        if self.tty:
+            line = f"[{self.done + 1}/{self.total}] running {case.describe()} ..."
+            self.stream.write("\r\x1b[2K" + line[: _columns() - 1])
+            self.stream.flush()
+
     def close(self) -> None:
         if self.tty:
             self.stream.write("\n")

@@ -114,8 +114,11 @@ def probe_backends(backends: Iterable[str]) -> dict[str, BackendInfo]:
 Record = Callable[[Case, Outcome, BackendInfo, float, datetime, bool], None]
 
 
-def execute(planned: list[Planned], record: Record) -> dict[str, BackendInfo]:
+def execute(
+    planned: list[Planned], record: Record, starting: Callable[[Case], None] | None = None
+) -> dict[str, BackendInfo]:
     """Run every planned case in order, one backend at a time; `record` each result at once.
+    `starting(case)` is called before a case is sent to its worker.
 
     Cases planned as skipped are recorded without starting anything. Returns what each backend's
     probe said, for the run's description.
@@ -136,6 +139,8 @@ def execute(planned: list[Planned], record: Record) -> dict[str, BackendInfo]:
                 ran = outcome is None
                 if outcome is None:
                     assert worker is not None
+                    if starting is not None:
+                        starting(item.case)
                     outcome = worker.run(item.case)
                 elapsed_s = time.perf_counter() - started
                 info = infos.get(backend) or BackendInfo(False)
