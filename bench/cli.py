@@ -242,8 +242,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     progress.close()
     elapsed_s = (datetime.now(UTC) - started_at).total_seconds()
-    print(summary(results.rows, str(path)))
-    print(f"took {elapsed_s / 60:.1f} min")
+    print(summary(results.rows, str(path), elapsed_s))
     return 0
 
 

@@ -83,8 +83,8 @@ def _result(row: dict[str, Any]) -> str:
     return f"{row['status']} ({row['reason'][:80]})"
 
 
-def summary(rows: list[dict[str, Any]], path: str) -> str:
-    """The end-of-run table as text."""
+def summary(rows: list[dict[str, Any]], path: str, elapsed_s: float | None = None) -> str:
+    """The end-of-run table as text; the file's path is the last line."""
     best: dict[tuple[str, str, str], float] = {}
     for row in rows:
         if row["status"] == "ok" and row.get("tflops") is not None:
@@ -111,5 +111,7 @@ def summary(rows: list[dict[str, Any]], path: str) -> str:
         lines.append(f"  {n:4d} × {reason[:150]}")
     if len(reasons) > 8:
         lines.append(f"  ... and {len(reasons) - 8} other reasons (see the file's reason column)")
+    if elapsed_s is not None:
+        lines.append(f"took {_duration(elapsed_s)} (min:s)")
     lines.append(f"results: {path}")
     return "\n".join(lines)
