@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import uuid
 from dataclasses import asdict
@@ -194,7 +193,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     machine = describe_machine(args.label)
     gpus, gpu_reason = nvml.list_gpus()
     gpus = _select_gpus(gpus, args.gpus)
-    planned = list(plan(suite, filters, gpus, gpu_reason or "", machine["memory"]["total_bytes"]))
+    memory = machine["memory"]  # a "not available: ..." string where psutil could not tell
+    host_memory_bytes = memory.get("total_bytes", 0) if isinstance(memory, dict) else 0
+    planned = list(plan(suite, filters, gpus, gpu_reason or "", host_memory_bytes))
     if not planned:
         raise UserError(f"nothing to run: the filters leave no case of suite {suite.name!r}")
 
@@ -203,7 +204,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run = {
         "run_id": run_id,
         "machine_id": machine["machine_id"],
-        "label": args.label or socket.gethostname(),
+        "label": machine["label"],
         "started_at": started_at,
         "suite": suite.name,
         "suite_path": str(suite.path),
