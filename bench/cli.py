@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import uuid
+from collections import Counter
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from bench.backends import BACKENDS
 from bench.backends.base import DTYPES, BackendInfo
 from bench.case import Case, Outcome
 from bench.errors import UserError
-from bench.plan import Filters, plan
+from bench.plan import Filters, Planned, plan
 from bench.progress import Progress, summary
 from bench.results import ResultsFile, check_writable, make_row
 from bench.runner import execute, probe_backends
@@ -67,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--out", default="results", help="results directory (default: results)")
     run.add_argument("--label", help="label for this machine (default: hostname)")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would run and what would be skipped, write nothing",
+    )
 
     check = sub.add_parser(
         "check-timing", help="compare the harness with a bare timing loop (torch)"
@@ -198,6 +204,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     planned = list(plan(suite, filters, gpus, gpu_reason or "", host_memory_bytes))
     if not planned:
         raise UserError(f"nothing to run: the filters leave no case of suite {suite.name!r}")
+    if args.dry_run:
+        print(_plan_text(planned))
+        return 0
 
     started_at = datetime.now(UTC)
     run_id = f"{started_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
@@ -245,6 +254,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     elapsed_s = (datetime.now(UTC) - started_at).total_seconds()
     print(summary(results.rows, str(path), elapsed_s))
     return 0
+
+
+def _plan_text(planned: list[Planned]) -> str:
+    """Cases per backend, device and dtype, and the reasons of those planned as skipped."""
+    groups = Counter((p.case.backend, p.case.device, p.case.dtype) for p in planned)
+    skips = Counter(p.skip_reason for p in planned if p.skip_reason)
+    lines = [f"{len(planned)} cases ({sum(skips.values())} planned as skipped):"]
+    lines += [f"  {b:<6} {d:<8} {t:<12} {n:4d}" for (b, d, t), n in sorted(groups.items())]
+    lines += [f"  skipped {n:4d} × {reason}" for reason, n in skips.most_common()]
+    return "\n".join(lines)
 
 
 def cmd_check_timing(args: argparse.Namespace) -> int:

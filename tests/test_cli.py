@@ -262,3 +262,19 @@ def test_a_malformed_gpus_value_is_an_error_without_gpus(
     suite = write_suite([{**ONLY_SKIPS, "square": [8]}], settings=FAST_TOML)
     code, _, err = _main(capsys, "run", str(suite), "--gpus", "banana", "--out", str(tmp_path))
     assert code == 2 and "--gpus" in err
+
+
+def test_dry_run_counts_the_plan_and_writes_nothing(
+    capsys: pytest.CaptureFixture[str], write_suite: Callable[..., Path], tmp_path: Path
+) -> None:
+    entry = {"workload": "matmul", "dtypes": ["float32", "int8"], "square": [8, 16]}
+    suite = write_suite([entry], settings=FAST_TOML)
+    out = tmp_path / "out"
+    argv = ("run", str(suite), "--backend", "torch,cupy", "--device", "cpu", "--out", str(out))
+    code, stdout, _ = _main(capsys, *argv, "--dry-run")
+    assert code == 0
+    # 2 backends × 1 device × 2 dtypes × 2 sizes; cupy's 4 CPU cases are planned as skipped.
+    assert stdout.splitlines()[0] == "8 cases (4 planned as skipped):"
+    assert re.search(r"^  torch +cpu +int8 +2$", stdout, flags=re.MULTILINE)
+    assert "skipped    4 × cupy runs on NVIDIA GPUs only" in stdout
+    assert not list(out.rglob("*.parquet"))
