@@ -86,7 +86,8 @@ class Backend:
         # torch's own default for fp32 matmul is true fp32; we still set it every case so a
         # previous tf32 case cannot leak into an fp32 one.
         tf32 = dtype == "tf32"
-        self.torch.backends.cuda.matmul.allow_tf32 = tf32
+        # "highest" is true fp32 on every device; "high" lets cuBLAS use TF32 tensor cores.
+        self.torch.set_float32_matmul_precision("high" if tf32 else "highest")
         self.torch.backends.cudnn.allow_tf32 = tf32
         if dtype in ("float32", "tf32"):
             return "tf32" if tf32 else "ieee-fp32"
