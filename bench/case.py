@@ -23,6 +23,10 @@ class Settings:
     max_samples: int = 1000
     case_timeout_s: float = 300.0
     l2_flush: bool = True
+    # A case whose calls each take longer than this is recorded as skipped after at most two
+    # calls, and larger cases of its series are skipped without running (sizes the sweep to
+    # the machine: a 100-second bf16 product on a CPU without bf16 units tells nothing new).
+    max_call_s: float = 60.0
 
 
 @dataclass(frozen=True)

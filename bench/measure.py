@@ -3,8 +3,9 @@
 Algorithm (after triton's do_bench, with budgets in time rather than counts):
 
     first = time(run once, synchronised)            # compile / autotune / lazy init; kept apart
-    run for warmup_s                                 # clocks settle, caches and allocators fill
-    estimate one call's time from a few timed calls
+    if first and then a second call exceed max_call_s: raise TooSlow (a skipped row)
+    run until warmup_s after the first call started  # clocks settle, caches and allocators fill
+    estimate one call's time from the warm-up, or (none ran) from a few timed calls
     calls_per_sample = ceil(timer.min_sample_s / estimate)   # batch calls shorter than the
                                                      # timer can resolve (launch latency, clock)
     n = clamp(time_budget_s / (estimate * calls_per_sample), min_samples, max_samples)
@@ -32,6 +33,17 @@ from bench.case import Settings
 # enough to size the batches, little enough not to eat the budget of a slow case.
 ESTIMATE_MAX_CALLS = 5
 ESTIMATE_BUDGET_FRACTION = 0.1
+TOO_SLOW = "too slow to time here"
+
+
+class TooSlow(Exception):
+    """Two calls in a row took longer than settings.max_call_s."""
+
+    def __init__(self, call_s: float, max_call_s: float) -> None:
+        super().__init__(
+            f"{TOO_SLOW}: one call takes {call_s:.3g} s, over max_call_s = {max_call_s:g} s"
+        )
+        self.call_s = call_s
 
 
 class Timer(Protocol):
@@ -94,21 +106,28 @@ def measure(
     `timed_region` (e.g. a telemetry sampler) is entered just before the first timed sample and
     left after the final synchronisation, so what it sees is the timed samples (and flushes).
     """
-    t0 = time.perf_counter()
+    started = t0 = time.perf_counter()
     sync(run())
     first_call_s = time.perf_counter() - t0
+    if first_call_s > settings.max_call_s:  # the first call may be slow only by compiling
+        t0 = time.perf_counter()
+        sync(run())
+        if (again_s := time.perf_counter() - t0) > settings.max_call_s:
+            raise TooSlow(again_s, settings.max_call_s)
 
     warmup_calls = 0
-    warmup_end = time.perf_counter() + settings.warmup_s
-    while time.perf_counter() < warmup_end:
+    warmup_start = time.perf_counter()
+    while time.perf_counter() < started + settings.warmup_s:  # the first call warms up too
         out = run()
         warmup_calls += 1
         if warmup_calls % 8 == 0:
             sync(out)  # keep the queue of an asynchronous backend short
     if warmup_calls:
         sync(out)
-
-    estimate_s = _estimate_call_s(run, sync, settings.time_budget_s * ESTIMATE_BUDGET_FRACTION)
+        estimate_s = (time.perf_counter() - warmup_start) / warmup_calls
+    else:
+        budget_s = settings.time_budget_s * ESTIMATE_BUDGET_FRACTION
+        estimate_s = _estimate_call_s(run, sync, budget_s)
     calls = max(1, math.ceil(timer.min_sample_s / max(estimate_s, 1e-9)))
     wanted = settings.time_budget_s / (estimate_s * calls) if estimate_s > 0 else 1
     n_samples = int(min(settings.max_samples, max(settings.min_samples, wanted)))

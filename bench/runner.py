@@ -13,8 +13,10 @@ from typing import Any
 
 from bench.backends.base import BackendInfo
 from bench.case import Case, Outcome
+from bench.measure import TOO_SLOW
 from bench.plan import Planned
 from bench.worker import worker_main
+from bench.workloads import WORKLOADS
 
 # Importing a framework and creating its CUDA context can take tens of seconds on a cold
 # machine; a worker that has not reported by then is stuck.
@@ -124,6 +126,7 @@ def execute(
     probe said, for the run's description.
     """
     infos: dict[str, BackendInfo] = {}
+    limits = SweepLimits()
     by_backend: dict[str, list[Planned]] = {}
     for item in planned:
         by_backend.setdefault(item.case.backend, []).append(item)
@@ -136,12 +139,15 @@ def execute(
                     worker = Worker(backend)
                     infos[backend] = worker.start()
                 outcome = _skip_reason(item, infos.get(backend))
+                if outcome is None and (why := limits.reason(item.case)):
+                    outcome = Outcome("skipped", why)
                 ran = outcome is None
                 if outcome is None:
                     assert worker is not None
                     if starting is not None:
                         starting(item.case)
                     outcome = worker.run(item.case)
+                    limits.observe(item.case, outcome)
                 elapsed_s = time.perf_counter() - started
                 info = infos.get(backend) or BackendInfo(False)
                 record(item.case, outcome, info, elapsed_s, datetime.now(UTC), ran)
@@ -149,6 +155,53 @@ def execute(
             if worker is not None:
                 worker.close()
     return infos
+
+
+class SweepLimits:
+    """Stops each sweep (a workload variant on one backend, device and dtype) where this machine
+    gets too slow, so one suite fits a laptop and a GPU server alike.
+
+    A case is skipped without running when a smaller case of its sweep already took longer
+    than max_call_s per call, or when the best rate measured in its sweep predicts more than
+    PREDICTION_MARGIN × max_call_s per call. The margin is generous because larger products
+    usually run at a higher rate; the measure loop's own two-call check catches the rest.
+    """
+
+    PREDICTION_MARGIN = 2.0
+
+    def __init__(self) -> None:
+        self._best_rate: dict[tuple[str, ...], float] = {}  # FLOP/s
+        self._too_slow_flops: dict[tuple[str, ...], int] = {}
+
+    @staticmethod
+    def _sweep(case: Case) -> tuple[tuple[str, ...], int]:
+        sweep = (case.workload, case.variant, case.backend, case.device, case.dtype)
+        return sweep, WORKLOADS[case.workload].flops(case.params_dict())
+
+    def reason(self, case: Case) -> str:
+        """Why `case` should not run, or ""."""
+        sweep, flops = self._sweep(case)
+        limit_s = case.settings.max_call_s
+        if flops >= self._too_slow_flops.get(sweep, flops + 1):
+            return (
+                f"{TOO_SLOW}: a smaller case of this sweep ({self._too_slow_flops[sweep]:.3g} "
+                f"FLOPs) took over max_call_s = {limit_s:g} s per call"
+            )
+        rate = self._best_rate.get(sweep)
+        if rate and flops / rate > self.PREDICTION_MARGIN * limit_s:
+            return (
+                f"{TOO_SLOW}: {flops / rate:.3g} s per call predicted from the rate measured on "
+                f"a smaller case, over {self.PREDICTION_MARGIN:g} × max_call_s = {limit_s:g} s"
+            )
+        return ""
+
+    def observe(self, case: Case, outcome: Outcome) -> None:
+        sweep, flops = self._sweep(case)
+        if outcome.status == "ok" and outcome.samples_s:
+            rate = flops / min(outcome.samples_s)
+            self._best_rate[sweep] = max(rate, self._best_rate.get(sweep, 0.0))
+        elif outcome.status == "timeout" or outcome.reason.startswith(TOO_SLOW):
+            self._too_slow_flops[sweep] = min(flops, self._too_slow_flops.get(sweep, flops))
 
 
 def _skip_reason(item: Planned, info: BackendInfo | None) -> Outcome | None:

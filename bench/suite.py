@@ -41,6 +41,7 @@ SETTING_RANGES: dict[str, tuple[type, float, float]] = {
     "max_samples": (int, 1, 1_000_000),
     "case_timeout_s": (float, 1.0, 86_400.0),
     "l2_flush": (bool, 0, 1),
+    "max_call_s": (float, 0.001, 86_400.0),
 }
 
 

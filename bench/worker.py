@@ -18,7 +18,7 @@ from typing import Any
 from bench.backends import load
 from bench.backends.base import Unsupported
 from bench.case import Case, Outcome
-from bench.measure import measure
+from bench.measure import TooSlow, measure
 from bench.workloads import WORKLOADS
 
 SEED = 20261123  # inputs are seeded so every run measures the same data
@@ -82,7 +82,7 @@ def run_case(bk: Any, case: Case) -> Outcome:
             telemetry=telemetry.summary(),
             **known,
         )
-    except Unsupported as exc:
+    except (Unsupported, TooSlow) as exc:
         return Outcome("skipped", str(exc), **known)
     except Exception as exc:
         # MemoryError: a host allocation failed (numpy, or the float64 reference of a check).

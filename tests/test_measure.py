@@ -180,7 +180,7 @@ def test_estimate_takes_the_median_of_its_calls(clock: Clock) -> None:
 def test_warmup_runs_for_its_time_and_keeps_the_queue_short(clock: Clock) -> None:
     call = 2**-12
     result, _ = _run(clock, lambda i: call, _settings(warmup_s=20 * call))
-    assert result.warmup_calls == 20
+    assert result.warmup_calls == 19  # the first call counts towards the warm-up time
     events = clock.events
     before_timing = events[: events.index("flush")]
     # Between two synchronisations, never more than 8 calls are queued.
@@ -233,9 +233,13 @@ def test_counts_follow_the_documented_formulas(
         # Not clamped: the timed calls fill the budget without a sample too many.
         assert n * calls * call <= budget < (n + 1) * calls * call
     assert result.samples_s == pytest.approx([call] * n, rel=1e-9)
-    assert result.warmup_calls == math.ceil(cfg.warmup_s / call)
+    # Warm-up lasts warmup_s from the start of the first call, which counts towards it.
+    assert result.warmup_calls == max(0, math.ceil(cfg.warmup_s / call) - 1)
     estimate_calls = program.calls - 1 - result.warmup_calls - n * calls
-    assert 1 <= estimate_calls <= ESTIMATE_MAX_CALLS
+    if result.warmup_calls:
+        assert estimate_calls == 0  # the warm-up's own timing gives the estimate
+    else:
+        assert 1 <= estimate_calls <= ESTIMATE_MAX_CALLS
     assert clock.events.count("flush") == n
 
 
@@ -268,3 +272,18 @@ def test_real_clock_with_host_timer() -> None:
     assert all(s >= 0.002 for s in result.samples_s)
     assert result.first_call_s >= 0.002
     assert set(syncs) == {"out"}
+
+
+def test_a_slow_compile_alone_is_not_too_slow(clock: Clock) -> None:
+    call = 2**-12
+    cfg = _settings(max_call_s=1.0)
+    result, _ = _run(clock, lambda i: 4.0 if i == 0 else call, cfg)
+    assert result.first_call_s == 4.0 and result.samples_s
+
+
+def test_calls_over_max_call_s_stop_after_two_calls(clock: Clock) -> None:
+    with pytest.raises(measure_mod.TooSlow) as info:
+        _run(clock, lambda i: 3.0, _settings(max_call_s=1.0))
+    assert info.value.call_s == 3.0
+    assert str(info.value).startswith(measure_mod.TOO_SLOW)
+    assert clock.events.count("run") == 2 and "flush" not in clock.events

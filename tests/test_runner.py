@@ -20,6 +20,7 @@ from conftest import FAST, HAS_GPU, make_case
 from bench import runner
 from bench.backends.base import BackendInfo
 from bench.case import Case, Outcome
+from bench.measure import TOO_SLOW
 from bench.plan import Planned
 from bench.runner import Worker, execute
 
@@ -148,3 +149,45 @@ def test_gpu_cases_on_a_machine_without_cuda_are_skipped_after_the_probe() -> No
         assert outcomes[2].reason == outcomes[3].reason == cupy_info.reason
         assert "no CUDA device" in cupy_info.reason or "not installed" in cupy_info.reason
     assert records[1][2].available  # the CPU case ran with torch's probe info
+
+
+# --- SweepLimits: each sweep stops where the machine gets too slow (pure, no worker) ---------
+
+
+def _square(n: int, dtype: str = "float32", max_call_s: float = 1.0) -> Case:
+    settings = dataclasses.replace(FAST, max_call_s=max_call_s)
+    return make_case("torch", dtype, {"batch": 1, "m": n, "n": n, "k": n}, settings=settings)
+
+
+def _ok(call_s: float) -> Outcome:
+    return Outcome("ok", samples_s=(call_s * 1.1, call_s, call_s * 1.2))
+
+
+def test_sweep_limits_predict_from_the_best_rate_of_a_smaller_case() -> None:
+    limits = runner.SweepLimits()
+    assert limits.reason(_square(1024)) == ""  # nothing measured yet
+    limits.observe(_square(1024), _ok(0.2))  # best rate: 2·1024³ / 0.2 s
+    # 2048³ has 8× the FLOPs: 1.6 s predicted, under the margin of 2 × 1 s: it runs.
+    assert limits.reason(_square(2048)) == ""
+    # 4096³: 12.8 s predicted, over 2 s: skipped, saying why.
+    reason = limits.reason(_square(4096))
+    assert reason.startswith(TOO_SLOW) and "predicted" in reason
+    # Other sweeps (another dtype) are not affected.
+    assert limits.reason(_square(4096, dtype="float64")) == ""
+
+
+def test_sweep_limits_skip_what_is_larger_than_a_case_found_too_slow() -> None:
+    limits = runner.SweepLimits()
+    limits.observe(_square(2048), Outcome("skipped", f"{TOO_SLOW}: one call takes 3 s"))
+    assert limits.reason(_square(1024)) == ""  # smaller cases of the sweep still run
+    assert limits.reason(_square(2048)).startswith(TOO_SLOW)
+    assert limits.reason(_square(4096)).startswith(TOO_SLOW)
+    limits.observe(_square(512), Outcome("timeout", "no result within the case time limit"))
+    assert limits.reason(_square(1024)).startswith(TOO_SLOW)
+
+
+def test_sweep_limits_ignore_other_failures() -> None:
+    limits = runner.SweepLimits()
+    limits.observe(_square(256), Outcome("skipped", "tf32 is a tensor-core mode"))
+    limits.observe(_square(256), Outcome("oom", "out of memory"))
+    assert limits.reason(_square(8192)) == ""
