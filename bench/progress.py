@@ -3,6 +3,7 @@ short summary (best throughput per backend × dtype, counts per status, where th
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections import Counter
@@ -83,6 +84,9 @@ def _result(row: dict[str, Any]) -> str:
     return f"{row['status']} ({row['reason'][:80]})"
 
 
+FIGURE = re.compile(r"(?<![\w.])[0-9][0-9.e+]*")  # 12, 0.5, 1.07e+09; not tf32 or e4m3
+
+
 def summary(rows: list[dict[str, Any]], path: str, elapsed_s: float | None = None) -> str:
     """The end-of-run table as text; the file's path is the last line."""
     best: dict[tuple[str, str, str], float] = {}
@@ -102,8 +106,9 @@ def summary(rows: list[dict[str, Any]], path: str, elapsed_s: float | None = Non
         + ", ".join(f"{n} {s}" for s, n in counts.most_common())
         + (f"; {noisy} ok case(s) noisy (IQR > 10 % of the median)" if noisy else "")
     )
+    # Reasons that differ only in their figures (sizes, seconds) are counted together.
     reasons = Counter(
-        f"{row['backend']} {row['device']}: {row['reason']}"
+        f"{row['backend']} {row['device']}: {FIGURE.sub('#', row['reason'])}"
         for row in rows
         if row["status"] != "ok"
     )
