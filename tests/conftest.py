@@ -141,21 +141,20 @@ def info_json() -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
-@pytest.fixture(scope="session")
-def torch_backend() -> Any:
+def _probed_backend(name: str) -> Any:
     from bench.backends import load
 
-    backend = load("torch")
+    backend = load(name)
     info = backend.probe()
     assert info.available, info.reason
     return backend
+
+
+@pytest.fixture(scope="session")
+def torch_backend() -> Any:
+    return _probed_backend("torch")
 
 
 @pytest.fixture(scope="session")
 def jax_backend() -> Any:
-    from bench.backends import load
-
-    backend = load("jax")
-    info = backend.probe()
-    assert info.available, info.reason
-    return backend
+    return _probed_backend("jax")
