@@ -107,7 +107,9 @@ class Backend:
     def set_precision(self, dtype: str, device: str) -> str:
         linalg = self.cupy._core._routines_linalg
         if dtype in ("float32", "tf32"):
-            mode = linalg.COMPUTE_TYPE_TF32 if dtype == "tf32" else linalg.COMPUTE_TYPE_PEDANTIC
+            # DEFAULT for float32 is cuBLAS's plain fp32 compute, as torch uses (PEDANTIC would
+            # also turn off algorithmic optimisations and understate the hardware).
+            mode = linalg.COMPUTE_TYPE_TF32 if dtype == "tf32" else linalg.COMPUTE_TYPE_DEFAULT
             linalg.set_compute_type(np.float32, mode)
             return "tf32" if dtype == "tf32" else "ieee-fp32"
         if dtype == "float16":
