@@ -17,6 +17,7 @@ from conftest import REPO, make_case
 from bench.case import Outcome
 from bench.errors import UserError
 from bench.report.load import latest_per_case, load
+from bench.report.peaks import find_peak, load_peaks
 from bench.report.scoreboard import Score, compare, scoreboard
 from bench.results import COLUMNS, ResultsFile, make_row
 
@@ -183,3 +184,47 @@ def test_failed_cases_are_not_compared() -> None:
     assert cases == 2
     [score] = scoreboard(pd.concat([base, other]), "base")
     assert isinstance(score, Score) and score.cases == 2
+
+
+# --- datasheet peaks ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("device_name", "entry", "bf16_tflops"),
+    [
+        ("NVIDIA H100 80GB HBM3", "H100 SXM", 989.0),
+        ("NVIDIA H100 PCIe", "H100 PCIe", 756.0),
+        ("NVIDIA H200", "H200 SXM", 989.0),
+        ("NVIDIA A100-SXM4-80GB", "A100 SXM 80GB", 312.0),
+        ("NVIDIA L4", "L4", 121.0),
+        ("NVIDIA L40S", "L40S", 362.0),
+    ],
+)
+def test_shipped_peaks_match_nvml_names(device_name: str, entry: str, bf16_tflops: float) -> None:
+    peak = find_peak(device_name, load_peaks())
+    assert peak is not None and peak.name == entry
+    assert peak.tflops["bfloat16"] == bf16_tflops
+
+
+def test_unknown_gpus_and_dtypes_have_no_peak() -> None:
+    peaks = load_peaks()
+    assert find_peak("NVIDIA H200 NVL", peaks) is None  # not the SXM part
+    assert find_peak("AMD EPYC", peaks) is None
+    a100 = find_peak("NVIDIA A100-SXM4-80GB", peaks)
+    assert a100 is not None and "float8_e4m3" not in a100.tflops
+
+
+def test_a_users_peaks_come_first_and_are_validated(tmp_path: Path) -> None:
+    mine = tmp_path / "peaks.toml"
+    mine.write_text('[[gpu]]\nname = "My H100"\nmatch = ["H100"]\nbfloat16 = 700\n')
+    peak = find_peak("NVIDIA H100 80GB HBM3", load_peaks(mine))
+    assert peak is not None and peak.name == "My H100" and peak.tflops == {"bfloat16": 700.0}
+    for bad, problem in [
+        ('[[gpu]]\nname = "x"\nbfloat16 = -1\n', "positive number"),
+        ('[[gpu]]\nname = "x"\nbf16 = 1\n', "unknown key"),
+        ('[[gpu]]\nname = "x"\nmatch = ["("]\n', "regular expression"),
+        ("[[gpu]\n", "cannot read"),
+    ]:
+        mine.write_text(bad)
+        with pytest.raises(UserError, match=problem):
+            load_peaks(mine)
