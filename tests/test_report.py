@@ -16,6 +16,13 @@ from conftest import REPO, make_case
 
 from bench.case import Outcome
 from bench.errors import UserError
+from bench.report.cost import (
+    dollars_for_work,
+    joules_per_tflop,
+    load_prices,
+    price_for,
+    tflops_per_dollar_hour,
+)
 from bench.report.load import latest_per_case, load
 from bench.report.peaks import find_peak, load_peaks
 from bench.report.scoreboard import Score, compare, scoreboard
@@ -228,3 +235,47 @@ def test_a_users_peaks_come_first_and_are_validated(tmp_path: Path) -> None:
         mine.write_text(bad)
         with pytest.raises(UserError, match=problem):
             load_peaks(mine)
+
+
+# --- cost ---------------------------------------------------------------------------------------
+
+
+def test_cost_arithmetic() -> None:
+    # 1e18 FLOPs at 500 TFLOP/s take 2000 s = 5/9 h; at $2.00/h that is $1.11.
+    assert dollars_for_work(1e18, 500.0, 2.0) == pytest.approx(2000 / 3600 * 2.0)
+    assert tflops_per_dollar_hour(500.0, 2.0) == 250.0
+    # 100 calls of 2e12 operations using 300 J: 1.5 J per 1e12 operations.
+    assert joules_per_tflop(300.0, 100, 2e12) == pytest.approx(1.5)
+
+
+def test_prices_match_a_label_before_a_gpu_model(tmp_path: Path) -> None:
+    path = tmp_path / "prices.toml"
+    path.write_text(
+        '[[price]]\nmatch = "H100"\ndollars_per_hour = 2.5\nsource = "example"\n'
+        '[[price]]\nmatch = "lab-box"\npurchase_dollars = 30000\npower_w = 700\n'
+    )
+    prices = load_prices(path)
+    by_model = price_for("cloud-vm", "NVIDIA H100 80GB HBM3", prices)
+    assert by_model is not None and by_model.dollars_per_hour == 2.5
+    by_label = price_for("lab-box", "NVIDIA H100 80GB HBM3", prices)
+    assert by_label is not None and by_label.purchase_dollars == 30000.0
+    assert price_for("laptop", None, prices) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ('[[price]]\nmatch = "x"\ndollars_per_hour = 0\n', "positive number"),
+        ('[[price]]\nmatch = "x"\ndollars_per_hour = "2"\n', "positive number"),
+        ('[[price]]\nmatch = "x"\nsource = "s"\n', "at least one of"),
+        ('[[price]]\nmatch = "x"\nper_hour = 2\n', "unknown key"),
+        ('[[price]]\nmatch = "("\npower_w = 1\n', "regular expression"),
+        ("price = 1\n", "one or more"),
+        ("[[price]\n", "cannot read"),
+    ],
+)
+def test_bad_prices_are_user_errors(tmp_path: Path, text: str, problem: str) -> None:
+    path = tmp_path / "prices.toml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=problem):
+        load_prices(path)
