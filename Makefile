@@ -6,11 +6,13 @@
 # SUITE=name|path.toml    suite for make bench (default: default)
 # ARGS="..."              extra arguments for `bench run`, e.g. ARGS="--device gpu --gpus all"
 # PYTEST_ARGS="..."       extra arguments for pytest
+# REPORT_ARGS="..."       extra arguments for `bench report`, e.g. REPORT_ARGS="--prices p.toml"
 
 VENV ?= .venv
 SUITE ?= default
 ARGS ?=
 PYTEST_ARGS ?=
+REPORT_ARGS ?=
 PYTHON ?=
 
 ifeq ($(strip $(PYTHON)),)
@@ -23,7 +25,7 @@ BENCH_READY :=
 TEST_READY :=
 endif
 
-.PHONY: bench test lint info list check-timing setup clean
+.PHONY: bench test lint info list report check-timing setup clean
 
 bench: $(BENCH_READY)
 	$(PY) -m bench run $(SUITE) $(ARGS)
@@ -41,6 +43,9 @@ info: $(BENCH_READY)
 
 list: $(BENCH_READY)
 	$(PY) -m bench list
+
+report: $(BENCH_READY)
+	$(PY) -m bench report results $(REPORT_ARGS)
 
 check-timing: $(BENCH_READY)
 	$(PY) -m bench check-timing $(ARGS)

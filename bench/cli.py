@@ -74,6 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="print what would run and what would be skipped, write nothing",
     )
 
+    report = sub.add_parser("report", help="compare results files: Markdown and CSV tables")
+    report.add_argument(
+        "paths", nargs="*", default=["results"], help="results files or folders (default: results)"
+    )
+    report.add_argument("--baseline", help="label of the machine the others are compared with")
+    report.add_argument("--prices", type=Path, help="TOML file of prices ([[price]] entries)")
+    report.add_argument("--peaks", type=Path, help="TOML file of extra GPU datasheet peaks")
+    report.add_argument("--out", default="reports", help="output folder (default: reports)")
+
     check = sub.add_parser(
         "check-timing", help="compare the harness with a bare timing loop (torch)"
     )
@@ -266,6 +275,17 @@ def _plan_text(planned: list[Planned]) -> str:
     return "\n".join(lines)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.report.build import build
+
+    written, warnings = build(args.paths, Path(args.out), args.baseline, args.prices, args.peaks)
+    for warning in warnings:
+        print(f"bench: warning: {warning}", file=sys.stderr)
+    for path in written:
+        print(path)
+    return 0
+
+
 def cmd_check_timing(args: argparse.Namespace) -> int:
     from bench.timing_check import check_timing
 
@@ -276,5 +296,6 @@ COMMANDS: dict[str, Any] = {
     "info": cmd_info,
     "list": cmd_list,
     "run": cmd_run,
+    "report": cmd_report,
     "check-timing": cmd_check_timing,
 }

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, make_case
 
+from bench import cli
 from bench.case import Outcome
 from bench.errors import UserError
 from bench.report.cost import (
@@ -37,6 +38,9 @@ def _write(
     times_s: dict[int, float],
     started_at: datetime = T0,
     label: str = "box",
+    device: str = "cpu",
+    device_name: str = "cpu",
+    dtype: str = "float32",
 ) -> Path:
     """A real results file: one ok float32 square case per size, with the given call time."""
     run_id = f"{started_at:%Y%m%dT%H%M%SZ}-{machine_id[:6]}"
@@ -48,9 +52,10 @@ def _write(
     rng = np.random.default_rng(int(started_at.timestamp()))
     for n, call_s in times_s.items():
         samples = tuple(call_s * (1 + 0.01 * rng.standard_normal(20)))
-        outcome = Outcome("ok", samples_s=samples, device_name="cpu", first_call_s=call_s)
-        case = make_case("torch", "float32", {"batch": 1, "m": n, "n": n, "k": n})
-        results.append(make_row(run, {}, case, outcome, "2.13", 0.1, started_at))
+        outcome = Outcome("ok", samples_s=samples, device_name=device_name, first_call_s=call_s)
+        case = make_case("torch", dtype, {"batch": 1, "m": n, "n": n, "k": n}, device=device)
+        gpu = {"gpu_name": device_name} if device != "cpu" else {}
+        results.append(make_row(run, gpu, case, outcome, "2.13", 0.1, started_at))
     return path
 
 
@@ -279,3 +284,62 @@ def test_bad_prices_are_user_errors(tmp_path: Path, text: str, problem: str) -> 
     path.write_text(text)
     with pytest.raises(UserError, match=problem):
         load_prices(path)
+
+
+# --- bench report -------------------------------------------------------------------------------
+
+HOSTILE = "<script>alert(1)</script>|*x*"
+
+
+def test_report_compares_machines_and_escapes_what_files_say(tmp_path: Path) -> None:
+    h100 = "NVIDIA H100 80GB HBM3"
+    sizes = {4096: 4e-4, 8192: 1.6e-3}  # 8192³ bf16 in 1.6 ms: 687 TFLOP/s, 69 % of 989
+    _write(
+        tmp_path,
+        "aaaaaaaaaaaa",
+        sizes,
+        label="gpu-a",
+        device="cuda:0",
+        device_name=h100,
+        dtype="bfloat16",
+    )
+    faster = {n: t / 1.25 for n, t in sizes.items()}
+    _write(
+        tmp_path,
+        "bbbbbbbbbbbb",
+        faster,
+        label=HOSTILE,
+        device="cuda:0",
+        device_name=h100,
+        dtype="bfloat16",
+    )
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[[price]]\nmatch = "H100"\ndollars_per_hour = 2.0\nsource = "test"\n')
+    out = tmp_path / "report"
+    code = cli.main(
+        ["report", str(tmp_path), "--baseline", "gpu-a", "--prices", str(prices), "--out", str(out)]
+    )
+    assert code == 0
+    text = (out / "report.md").read_text()
+    assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;\\|\\*x\\*" in text
+    scoreboard_line = next(line for line in text.splitlines() if "1.25×" in line)
+    assert "faster" in scoreboard_line and "bfloat16" in scoreboard_line
+    assert "| 69% |" in text  # of the H100's 989 TFLOP/s bf16 datasheet peak
+    # Cost: 687 TFLOP/s at $2/h; 1e18 FLOPs take 1456 s: $0.81.
+    assert "| 0.81 |" in text
+    scores = pd.read_csv(out / "scoreboard.csv")
+    assert list(scores["verdict"]) == ["faster"] and scores["speedup"].iloc[0] == pytest.approx(
+        1.25, rel=0.02
+    )
+    best = pd.read_csv(out / "best.csv")
+    assert sorted(best["label"]) == sorted(["gpu-a", HOSTILE])
+
+
+def test_report_input_errors_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["report", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "nothing to report" in capsys.readouterr().err
+    _write(tmp_path, "aaaaaaaaaaaa", {256: 1e-3}, label="a")
+    assert (
+        cli.main(["report", str(tmp_path), "--baseline", "zz", "--out", str(tmp_path / "o")]) == 2
+    )
+    assert "valid: a" in capsys.readouterr().err
