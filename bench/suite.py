@@ -18,7 +18,6 @@ Every problem is a UserError naming the file and the key path.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from bench.backends import BACKENDS
 from bench.backends.base import DTYPES
 from bench.case import Settings
 from bench.errors import UserError
+from bench.tomlfile import read_toml
 from bench.workloads import WORKLOADS
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
@@ -86,12 +86,7 @@ def resolve(name_or_path: str) -> Path:
 
 def load(name_or_path: str) -> Suite:
     path = resolve(name_or_path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{path}: invalid TOML: {exc}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read: {exc}") from exc
+    data = read_toml(path, "suite")
     return parse(data, path)
 
 

@@ -235,7 +235,7 @@ def test_a_users_peaks_come_first_and_are_validated(tmp_path: Path) -> None:
         ('[[gpu]]\nname = "x"\nbfloat16 = -1\n', "positive number"),
         ('[[gpu]]\nname = "x"\nbf16 = 1\n', "unknown key"),
         ('[[gpu]]\nname = "x"\nmatch = ["("]\n', "regular expression"),
-        ("[[gpu]\n", "cannot read"),
+        ("[[gpu]\n", "invalid TOML"),
     ]:
         mine.write_text(bad)
         with pytest.raises(UserError, match=problem):
@@ -276,7 +276,7 @@ def test_prices_match_a_label_before_a_gpu_model(tmp_path: Path) -> None:
         ('[[price]]\nmatch = "x"\nper_hour = 2\n', "unknown key"),
         ('[[price]]\nmatch = "("\npower_w = 1\n', "regular expression"),
         ("price = 1\n", "one or more"),
-        ("[[price]\n", "cannot read"),
+        ("[[price]\n", "invalid TOML"),
     ],
 )
 def test_bad_prices_are_user_errors(tmp_path: Path, text: str, problem: str) -> None:

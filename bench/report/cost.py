@@ -13,12 +13,12 @@ of a fixed amount of work.
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bench.errors import UserError
+from bench.tomlfile import read_toml
 
 SECONDS_PER_HOUR = 3600.0
 NUMBERS = ("dollars_per_hour", "purchase_dollars", "power_w")
@@ -36,10 +36,7 @@ class Price:
 
 
 def load_prices(path: Path) -> list[Price]:
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the prices: {exc}") from exc
+    data = read_toml(path, "prices")
     entries = data.get("price")
     if not isinstance(entries, list) or not entries:
         raise UserError(f"{path}: expected one or more [[price]] entries")

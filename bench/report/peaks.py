@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.backends.base import DTYPES
 from bench.errors import UserError
+from bench.tomlfile import read_toml
 
 PEAKS_FILE = Path(__file__).with_name("peaks.toml")
 EXTRA_KEYS = ("memory_bandwidth_gbps", "memory_gb")
@@ -37,10 +37,7 @@ def find_peak(device_name: str, peaks: list[GpuPeak]) -> GpuPeak | None:
 
 
 def _read(path: Path) -> list[GpuPeak]:
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the GPU peaks: {exc}") from exc
+    data = read_toml(path, "GPU peaks")
     entries = data.get("gpu")
     if not isinstance(entries, list):
         raise UserError(f"{path}: expected [[gpu]] entries")
