@@ -7,6 +7,8 @@
 # ARGS="..."              extra arguments for `bench run`, e.g. ARGS="--device gpu --gpus all"
 # PYTEST_ARGS="..."       extra arguments for pytest
 # REPORT_ARGS="..."       extra arguments for `bench report`, e.g. REPORT_ARGS="--prices p.toml"
+# BENCH_CHROMIUM=path     browser for the tests that render HTML (default: chromium on PATH;
+#                         make test installs Debian's chromium as root, else they skip)
 
 VENV ?= .venv
 SUITE ?= default
@@ -31,6 +33,7 @@ bench: $(BENCH_READY)
 	$(PY) -m bench run $(SUITE) $(ARGS)
 
 test: $(TEST_READY) lint
+	$(PY) scripts/ensure_chromium.py
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(TEST_READY)
