@@ -130,7 +130,8 @@ def _backend_line(name: str, info: BackendInfo) -> str:
         return f"{name:<6} not available: {info.reason}"
     gpus = f"{info.gpu_count} GPU(s)" if info.gpu_count else f"no GPU ({info.gpu_reason})"
     extra = ", ".join(f"{k} {v}" for k, v in info.details.items() if v is not None)
-    return f"{name:<6} {info.version}: CPU, {gpus}; {extra}"
+    runtime = f" ({info.runtime_version})" if info.runtime_version else ""
+    return f"{name:<6} {info.version}{runtime}: CPU, {gpus}" + (f"; {extra}" if extra else "")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -246,7 +247,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     ) -> None:
         if info.version:
             run["backends"][case.backend] = asdict(info)
-        row = make_row(run, machine_columns, case, outcome, info.version, wall_s, finished_at)
+        row = make_row(
+            run,
+            machine_columns,
+            case,
+            outcome,
+            info.version,
+            wall_s,
+            finished_at,
+            info.runtime_version,
+        )
         results.append(row)
         progress.update(row, ran)
 

@@ -3,6 +3,7 @@ case so that an interrupted run (Ctrl-C, kill, power loss) leaves every finished
 
 Schema history (bump SCHEMA_VERSION on any change to COLUMNS; readers accept every version listed):
   1  2026-11-23  first version.
+  2  2026-11-23  adds runtime_version (older rows: "cpu" on the CPU, else unknown).
 
 Method history (bump METHOD_VERSION when a change alters the measured figures):
   1  2026-11-23  do_bench-style time budgets, median of per-call samples, cold L2 on GPUs,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -27,9 +29,9 @@ import pyarrow.parquet as pq
 from bench.errors import UserError
 from bench.nvml import TELEMETRY_COLUMNS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 METHOD_VERSION = 1
-READABLE_SCHEMA_VERSIONS = (1,)
+READABLE_SCHEMA_VERSIONS = (1, 2)  # bench.report.load.migrate brings older rows up to date
 
 _TYPES = {"float64": pa.float64(), "int64": pa.int64(), "string": pa.string(), "bool": pa.bool_()}
 
@@ -47,6 +49,7 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "variant": (pa.string(), "shape family within the workload, e.g. square"),
     "backend": (pa.string(), "torch, jax or cupy"),
     "backend_version": (pa.string(), "the framework's version"),
+    "runtime_version": (pa.string(), "accelerator runtime the backend used (cuda 12.8), or cpu"),
     "device": (pa.string(), "cpu or cuda:<index>"),
     "device_name": (pa.string(), "CPU model or GPU name"),
     "dtype": (pa.string(), "float64, float32, tf32, float16, bfloat16, float8_e4m3 or int8"),
@@ -129,7 +132,9 @@ class ResultsFile:
             b"bench.schema_version": str(SCHEMA_VERSION).encode(),
         }
         table = pa.Table.from_pylist(self.rows, schema=SCHEMA.with_metadata(metadata))
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        # Not mkstemp: its files are private (0600); a results file gets 0666 less the umask.
+        tmp = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "wb") as f:
                 pq.write_table(table, f)
@@ -140,7 +145,8 @@ class ResultsFile:
 
 
 def read_results(path: str | Path) -> tuple[Any, dict[str, Any]]:
-    """Read one results file: (pandas DataFrame, {"machine": ..., "run": ...})."""
+    """Read one results file, as written: (pandas DataFrame, {"machine": ..., "run": ...,
+    "schema_version": ...}). bench.report.load.migrate brings older versions' rows up to date."""
     table = pq.read_table(path)
     meta = table.schema.metadata or {}
     version = int(meta.get(b"bench.schema_version", b"0"))
@@ -149,6 +155,7 @@ def read_results(path: str | Path) -> tuple[Any, dict[str, Any]]:
     info = {
         "machine": json.loads(meta.get(b"bench.machine", b"{}")),
         "run": json.loads(meta.get(b"bench.run", b"{}")),
+        "schema_version": version,
     }
     return table.to_pandas(), info
 
@@ -169,8 +176,10 @@ def make_row(
     backend_version: str | None,
     case_wall_s: float,
     finished_at: Any,
+    runtime_version: str | None = None,
 ) -> dict[str, Any]:
-    """One results row from a case and its outcome. `run` holds run_id, label, started_at."""
+    """One results row from a case and its outcome. `run` holds run_id, label, started_at;
+    `runtime_version` is the backend's accelerator runtime (BackendInfo.runtime_version)."""
     from bench.nvml import empty_telemetry
     from bench.stats import summarize
     from bench.workloads import WORKLOADS
@@ -192,6 +201,7 @@ def make_row(
         "variant": case.variant,
         "backend": case.backend,
         "backend_version": backend_version,
+        "runtime_version": "cpu" if case.device == "cpu" else runtime_version,
         "device": case.device,
         "device_name": outcome.device_name or None,
         "dtype": case.dtype,

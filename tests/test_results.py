@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -171,6 +173,22 @@ def test_a_failed_rewrite_keeps_the_previous_file(
     assert pq.read_table(path).num_rows == 2
     assert len(file.rows) == 2  # what the file holds, for the "N finished cases" message
     assert [p.name for p in tmp_path.iterdir()] == ["r.parquet"]
+
+
+@pytest.mark.parametrize(
+    ("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)], ids=("022", "077", "002")
+)
+def test_a_results_file_gets_the_usual_permissions(
+    tmp_path: Path, machine: dict[str, Any], umask: int, mode: int
+) -> None:
+    """0666 less the umask, as for any file a program creates (not mkstemp's private 0600)."""
+    path = tmp_path / "r.parquet"
+    old = os.umask(umask)
+    try:
+        _write_all(path, machine)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
 
 
 def test_a_row_with_unknown_columns_is_rejected(tmp_path: Path, machine: dict[str, Any]) -> None:

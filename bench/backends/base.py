@@ -28,6 +28,9 @@ class BackendInfo:
     available: bool
     reason: str = ""
     version: str | None = None
+    # The accelerator runtime this backend runs GPU cases on, e.g. "cuda 12.8"; None for a
+    # CPU-only build or where it cannot tell. (CPU rows say "cpu": see results.make_row.)
+    runtime_version: str | None = None
     gpu_count: int = 0  # GPUs this backend can use (0 when it has no GPU support here)
     gpu_reason: str = ""  # why gpu_count is 0
     details: dict[str, Any] = field(default_factory=dict)
@@ -77,6 +80,11 @@ class Backend(Protocol):
     def release(self) -> None:
         """Drop cached device memory after a case (so one case's pool does not starve the next)."""
         ...
+
+
+def cuda_version(version: int) -> str:
+    """CUDA's integer version (1000 * major + 10 * minor, e.g. 12080) as "cuda 12.8"."""
+    return f"cuda {version // 1000}.{version % 1000 // 10}"
 
 
 # --- host (CPU) memory: the process's resident high-water mark, reset per case -----------------

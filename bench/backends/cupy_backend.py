@@ -69,8 +69,13 @@ class Backend:
         self.cupy = cupy
         self.peak = PeakHook(cupy)
         self.peak.hook.__enter__()
-        details = {"cuda_runtime": cupy.cuda.runtime.runtimeGetVersion()}
-        return BackendInfo(True, "", cupy.__version__, count, "" if count else "no device", details)
+        return BackendInfo(
+            True,
+            version=cupy.__version__,
+            runtime_version=base.cuda_version(cupy.cuda.runtime.runtimeGetVersion()),
+            gpu_count=count,
+            gpu_reason="" if count else "no device",
+        )
 
     def _use(self, device: str) -> Any:
         if device == "cpu":

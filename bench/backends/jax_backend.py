@@ -18,6 +18,8 @@ from bench.measure import HostTimer
 
 # Must be set before jax is imported: otherwise JAX grabs 75 % of every GPU at start-up.
 JAX_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+# JAX's CUDA plugins, newest first, as jax._src.lib looks for them.
+CUDA_PLUGINS = ("jax-cuda13-plugin", "jax-cuda12-plugin")
 
 
 class Backend:
@@ -40,7 +42,14 @@ class Backend:
             gpu_count, gpu_reason = len(gpus), "" if gpus else "jax sees no GPU"
         except RuntimeError as exc:
             gpu_count, gpu_reason = 0, f"jax has no GPU backend ({str(exc).splitlines()[0]})"
-        return BackendInfo(True, "", jax.__version__, gpu_count, gpu_reason, details)
+        return BackendInfo(
+            True,
+            version=jax.__version__,
+            runtime_version=cuda_runtime(),
+            gpu_count=gpu_count,
+            gpu_reason=gpu_reason,
+            details=details,
+        )
 
     def _device(self, device: str) -> Any:
         if device == "cpu":
@@ -137,3 +146,29 @@ class Backend:
 
     def release(self) -> None:
         self.jax.clear_caches()
+
+
+def cuda_runtime() -> str | None:
+    """The CUDA runtime JAX's GPU plugin loaded ("cuda 12.8"); None without a CUDA plugin.
+
+    jaxlib reaches the plugin's version functions through `jax._src.lib.cuda_versions`: private,
+    so guarded. Without it, the runtime the plugin was built with; without that, the major
+    version in the plugin's package name ("cuda 13").
+    """
+    try:
+        from jax._src.lib import cuda_versions
+    except ImportError:
+        cuda_versions = None
+    if cuda_versions is not None:  # None: jaxlib found no CUDA plugin
+        for getter in ("cuda_runtime_get_version", "cuda_runtime_build_version"):
+            try:
+                return base.cuda_version(getattr(cuda_versions, getter)())
+            except Exception:  # a function that moved, or a runtime library that fails to load
+                continue
+    for plugin in CUDA_PLUGINS:
+        try:
+            importlib.metadata.version(plugin)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        return "cuda " + plugin.split("-")[1].removeprefix("cuda")
+    return None

@@ -47,7 +47,6 @@ class Backend:
             return BackendInfo(False, f"torch is not installed ({exc})")
         self.torch = torch
         details: dict[str, Any] = {
-            "cuda_build": torch.version.cuda,
             "threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         }
@@ -63,7 +62,16 @@ class Backend:
                     details["cudnn"] = torch.backends.cudnn.version()
             except Exception as exc:  # a broken driver raises here
                 gpu_reason = f"torch.cuda failed: {exc}"
-        return BackendInfo(True, "", torch.__version__, gpu_count, gpu_reason, details)
+        # torch ships the CUDA runtime it was built with: version.cuda, "12.8" (None: CPU build).
+        runtime = f"cuda {torch.version.cuda}" if torch.version.cuda else None
+        return BackendInfo(
+            True,
+            version=torch.__version__,
+            runtime_version=runtime,
+            gpu_count=gpu_count,
+            gpu_reason=gpu_reason,
+            details=details,
+        )
 
     def device_name(self, device: str) -> str:
         if device == "cpu":

@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from bench.errors import UserError
-from bench.results import COLUMNS, read_results, result_files
+from bench.results import COLUMNS, SCHEMA_VERSION, read_results, result_files
 
 # Columns that say which case a row measured: rows with equal values are the same case.
 CASE_KEY = ("workload", "variant", "backend", "device_kind", "dtype", "params")
@@ -27,11 +27,23 @@ class Loaded:
     warnings: list[str] = field(default_factory=list)
 
 
-def migrate(rows: pd.DataFrame) -> pd.DataFrame:
-    """Rows of any readable schema version in the current columns (missing ones empty).
+def _v1_to_v2(rows: pd.DataFrame) -> pd.DataFrame:
+    """Adds runtime_version: "cpu" for CPU rows (no accelerator runtime); GPU rows did not record
+    theirs, so None (unknown)."""
+    return rows.assign(runtime_version=rows["device"].map(lambda d: "cpu" if d == "cpu" else None))
 
-    Schema 1 is the current one; a later version adds its migration step here.
+
+# version -> the step that turns rows of that version into rows of the next one
+_STEPS = {1: _v1_to_v2}
+
+
+def migrate(rows: pd.DataFrame, version: int) -> pd.DataFrame:
+    """Rows of schema `version` in the current columns: each step from `version` up to
+    SCHEMA_VERSION in order, then any optional column still missing is added empty. Values
+    already there, schema_version included (the version the row was written with), are kept.
     """
+    for step in range(version, SCHEMA_VERSION):
+        rows = _STEPS[step](rows)
     for name in COLUMNS:
         if name not in rows.columns:
             rows[name] = None
@@ -57,7 +69,7 @@ def load(paths: list[str | Path]) -> Loaded:
         machine_id = str(info["machine"].get("machine_id") or rows["machine_id"].iloc[0])
         loaded.machines[machine_id] = info["machine"]
         loaded.runs[str(info["run"].get("run_id", path.stem))] = info["run"]
-        frames.append(migrate(rows))
+        frames.append(migrate(rows, info["schema_version"]))
     if not frames:
         missing = [str(p) for p in paths if not Path(p).exists()]
         why = f"no such path: {', '.join(missing)}" if missing else "no readable results files"
