@@ -2,26 +2,41 @@
 
 A file that cannot be read (corrupt, truncated, not parquet, an unknown schema version) becomes a
 warning naming it; the rest is reported. No usable file at all is a UserError.
+
+Scale: a report may read hundreds of files of thousands of rows each, so the files are read with
+pyarrow, concatenated, and turned into one DataFrame at once; the raw samples stay an Arrow list
+column (no Python object per row), and the functions below work on whole columns.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from bench.errors import UserError
-from bench.results import COLUMNS, SCHEMA_VERSION, read_results, result_files
+from bench.results import COLUMNS, READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, result_files
+from bench.stats import summarize
 
 # Columns that say which case a row measured: rows with equal values are the same case.
 CASE_KEY = ("workload", "variant", "backend", "device_kind", "dtype", "params")
+SAMPLES_TYPE = pa.list_(pa.float64())
 
 
 @dataclass
 class Loaded:
-    rows: pd.DataFrame  # every row of every readable file, in the current schema's columns
+    # Every row of every readable file, in the current schema's columns, plus device_kind ("cpu"
+    # or "gpu"). samples_s is an Arrow list column (pd.ArrowDtype): a row's value is a list.
+    rows: pd.DataFrame
     machines: dict[str, dict[str, Any]] = field(default_factory=dict)  # machine_id -> description
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # run_id -> description
     warnings: list[str] = field(default_factory=list)
@@ -53,33 +68,180 @@ def migrate(rows: pd.DataFrame, version: int) -> pd.DataFrame:
 def load(paths: list[str | Path]) -> Loaded:
     files = result_files(paths)
     loaded = Loaded(rows=pd.DataFrame(columns=list(COLUMNS)))
-    frames = []
+    tables: dict[int, list[pa.Table]] = {}  # schema version -> the tables written in it
     for path in files:
         try:
-            rows, info = read_results(path)
+            table, info = _read_table(path)
         except UserError as exc:
             loaded.warnings.append(f"skipped {path}: {exc}")
             continue
         except Exception as exc:  # corrupt, truncated or not parquet: pyarrow's many errors
             loaded.warnings.append(f"skipped {path}: not a readable results file ({exc})")
             continue
-        if rows.empty:
+        if table.num_rows == 0:
             loaded.warnings.append(f"skipped {path}: no rows")
             continue
-        machine_id = str(info["machine"].get("machine_id") or rows["machine_id"].iloc[0])
+        first_machine = table.column("machine_id")[0].as_py() if "machine_id" in table else None
+        machine_id = str(info["machine"].get("machine_id") or first_machine)
         loaded.machines[machine_id] = info["machine"]
         loaded.runs[str(info["run"].get("run_id", path.stem))] = info["run"]
-        frames.append(migrate(rows, info["schema_version"]))
-    if not frames:
+        tables.setdefault(info["schema_version"], []).append(table)
+    if not tables:
         missing = [str(p) for p in paths if not Path(p).exists()]
         why = f"no such path: {', '.join(missing)}" if missing else "no readable results files"
         raise UserError(f"nothing to report: {why} in {', '.join(map(str, paths))}")
-    loaded.rows = pd.concat(frames, ignore_index=True)
-    loaded.rows["device_kind"] = loaded.rows["device"].map(lambda d: "cpu" if d == "cpu" else "gpu")
+    frames = [migrate(_to_pandas(same), version) for version, same in sorted(tables.items())]
+    rows = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    rows["device_kind"] = np.where(rows["device"] == "cpu", "cpu", "gpu")
+    loaded.rows = rows
     return loaded
+
+
+def _read_table(path: Path) -> tuple[pa.Table, dict[str, Any]]:
+    """One results file as an Arrow table, and {"machine", "run", "schema_version"} as
+    bench.results.read_results gives them (which converts each file to pandas on its own)."""
+    table = pq.read_table(path)
+    meta = table.schema.metadata or {}
+    version = int(meta.get(b"bench.schema_version", b"0"))
+    if version not in READABLE_SCHEMA_VERSIONS:
+        raise UserError(f"{path}: results schema version {version} is not readable by this bench")
+    info = {
+        "machine": json.loads(meta.get(b"bench.machine", b"{}")),
+        "run": json.loads(meta.get(b"bench.run", b"{}")),
+        "schema_version": version,
+    }
+    return table, info
+
+
+def _to_pandas(tables: list[pa.Table]) -> pd.DataFrame:
+    """Tables of one schema version as one DataFrame; list columns stay Arrow-backed."""
+
+    def arrow_lists(kind: pa.DataType) -> pd.ArrowDtype | None:
+        return pd.ArrowDtype(kind) if pa.types.is_list(kind) else None
+
+    # One table (files missing an optional column get it empty), unless a column has another
+    # type in some file: then each file on its own.
+    with contextlib.suppress(pa.ArrowInvalid, pa.ArrowTypeError):
+        tables = [pa.concat_tables(tables, promote_options="permissive")]
+    frames = [table.to_pandas(types_mapper=arrow_lists) for table in tables]
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def _row_order(rows: pd.DataFrame) -> np.ndarray:
+    """Positions of `rows` by started_at (stable: file order among equal times; missing last)."""
+    return rows["started_at"].reset_index(drop=True).sort_values(kind="stable").index.to_numpy()
 
 
 def latest_per_case(rows: pd.DataFrame) -> pd.DataFrame:
     """For each machine and case, the row of the latest run that measured it."""
-    ordered = rows.sort_values("started_at", kind="stable")
-    return ordered.drop_duplicates(["machine_id", *CASE_KEY], keep="last").reset_index(drop=True)
+    order = _row_order(rows)
+    keys = rows[["machine_id", *CASE_KEY]].iloc[order]
+    return rows.iloc[order[~keys.duplicated(keep="last").to_numpy()]].reset_index(drop=True)
+
+
+def sample_lists(samples: pd.Series | pa.Array) -> pa.Array:
+    """A samples_s column (Arrow-backed, or Python lists, tuples or arrays) as an Arrow list
+    array; missing values are empty lists."""
+    array = samples if isinstance(samples, pa.Array) else pa.array(samples, from_pandas=True)
+    array = array.cast(SAMPLES_TYPE)  # no copy when it is one already
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    return pc.fill_null(array, pa.scalar([], SAMPLES_TYPE)) if array.null_count else array
+
+
+def _counts(lists: pa.Array) -> np.ndarray:
+    return pc.list_value_length(lists).to_numpy().astype(np.int64)
+
+
+def sorted_each(lists: pa.Array) -> np.ndarray:
+    """The values of all lists one after the other, each list's sorted. Lists of lengths within
+    a factor of two are sorted together as the rows of one matrix, padded with +inf."""
+    counts = _counts(lists)
+    values = pc.list_flatten(lists).to_numpy(zero_copy_only=False).copy()
+    starts = np.cumsum(counts) - counts
+    buckets = np.ceil(np.log2(np.maximum(counts, 1))).astype(np.int64)
+    for bucket in np.unique(buckets[counts > 0]):
+        rows = np.flatnonzero((buckets == bucket) & (counts > 0))
+        width = np.arange(counts[rows].max())
+        inside = width < counts[rows, None]
+        at = starts[rows, None] + width
+        block = np.where(inside, values[np.where(inside, at, 0)], np.inf)
+        block.sort(axis=1)
+        values[at[inside]] = block[inside]
+    return values
+
+
+def pool_runs(rows: pd.DataFrame) -> pd.DataFrame:
+    """For each machine and case, one row pooling every run that measured it.
+
+    The ok rows' raw samples are concatenated (runs in start order) and the statistics are
+    recomputed from them with bench.stats.summarize: time_median_s, time_p25_s, time_p75_s,
+    time_min_s, noisy, and tflops and gbps from the pooled median. Every other field is the latest
+    ok run's. A case measured ok by a single run keeps that row unchanged (its statistics are
+    already those of its samples). A case with no ok run keeps its latest row, as in
+    latest_per_case. Rows come in the order latest_per_case gives.
+
+    A case whose latest run failed after earlier ok runs is reported from the pooled ok runs:
+    a failed run measured nothing, so it cannot move the speed, and pooling asks for every
+    measurement there is. (latest_per_case, the default, reports the failure instead.)
+    """
+    order = _row_order(rows)  # positions in start order; what follows indexes into it
+    keys = rows[["machine_id", *CASE_KEY]].iloc[order]
+    case = keys.groupby(list(keys.columns), sort=False, dropna=False).ngroup().to_numpy()
+    lists = sample_lists(rows["samples_s"])  # in the rows' order: index it with order[...]
+    ok = (rows["status"].to_numpy(dtype=object) == "ok") & (_counts(lists) > 0)
+    ok = ok[order]
+    ok_runs = np.bincount(case[ok], minlength=len(order))
+    # Each case's row: its latest ok row, else its latest row.
+    candidates = np.flatnonzero(ok | (ok_runs[case] == 0))
+    kept = candidates[~pd.Series(case[candidates]).duplicated(keep="last").to_numpy()]
+    pooled = rows.iloc[order[kept]].reset_index(drop=True)
+    at = np.flatnonzero(ok_runs[case[kept]] > 1)  # the rows pooling several runs
+    if not len(at):
+        return pooled
+    row_of_case = np.empty(len(order), dtype=np.int64)
+    row_of_case[case[kept]] = np.arange(len(kept))
+    sources = np.flatnonzero(ok & (ok_runs[case] > 1))
+    into = row_of_case[case[sources]]
+    by_row = np.argsort(into, kind="stable")  # by pooled row, then runs in start order
+    merged = _concatenated(lists.take(order[sources[by_row]]), into[by_row])
+    _put_statistics(pooled, at, merged)
+    take = np.arange(len(kept))
+    take[at] = len(kept) + np.arange(len(at))
+    samples = pa.concat_arrays([lists.take(order[kept]), merged]).take(pa.array(take))
+    pooled["samples_s"] = pd.arrays.ArrowExtensionArray(samples)
+    return pooled
+
+
+def _concatenated(lists: pa.ListArray, groups: np.ndarray) -> pa.ListArray:
+    """One list per run of equal values in `groups`: its lists' values one after the other."""
+    ends = np.cumsum(pc.list_value_length(lists).to_numpy())
+    last = np.flatnonzero(np.diff(groups, append=groups[-1] + 1))  # the last list of each group
+    offsets = np.concatenate([[0], ends[last]])
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pc.list_flatten(lists))
+
+
+def _put_statistics(rows: pd.DataFrame, at: np.ndarray, samples: pa.ListArray) -> None:
+    """Set the statistics of the rows at positions `at` to those of `samples` (one list each)."""
+    values = sorted_each(samples)  # summarize sorts too; Python's sort of a sorted list is quick
+    offsets = samples.offsets.to_numpy()
+    stats = [summarize(values[a:b].tolist()) for a, b in itertools.pairwise(offsets)]
+    median_s = np.array([s.median_s for s in stats])
+    positive_s = np.where(median_s > 0, median_s, np.nan)  # no rate from a zero time
+
+    def per_s(name: str) -> np.ndarray:
+        return pd.to_numeric(rows[name].iloc[at], errors="coerce").to_numpy(float) / positive_s
+
+    new: dict[str, Any] = {
+        "time_median_s": median_s,
+        "time_p25_s": [s.p25_s for s in stats],
+        "time_p75_s": [s.p75_s for s in stats],
+        "time_min_s": [s.min_s for s in stats],
+        "noisy": [s.noisy for s in stats],
+        "tflops": per_s("flops") / 1e12,
+        "gbps": per_s("bytes") / 1e9,
+    }
+    for name, values_at in new.items():
+        column = rows[name].to_numpy(dtype=object if name == "noisy" else float, copy=True)
+        column[at] = values_at
+        rows[name] = pd.Series(column, index=rows.index).infer_objects()  # noisy: bool if it can
