@@ -74,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="print what would run and what would be skipped, write nothing",
     )
 
-    report = sub.add_parser("report", help="compare results files: Markdown and CSV tables")
+    report = sub.add_parser(
+        "report", help="compare results files: an HTML page with charts, Markdown and CSV"
+    )
     report.add_argument(
         "paths", nargs="*", default=["results"], help="results files or folders (default: results)"
     )
@@ -82,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--prices", type=Path, help="TOML file of prices ([[price]] entries)")
     report.add_argument("--peaks", type=Path, help="TOML file of extra GPU datasheet peaks")
     report.add_argument("--out", default="reports", help="output folder (default: reports)")
+    report.add_argument(
+        "--pool",
+        action="store_true",
+        help="pool the samples of every run of a machine (default: its latest run of each case)",
+    )
 
     check = sub.add_parser(
         "check-timing", help="compare the harness with a bare timing loop (torch)"
@@ -288,7 +295,9 @@ def _plan_text(planned: list[Planned]) -> str:
 def cmd_report(args: argparse.Namespace) -> int:
     from bench.report.build import build
 
-    written, warnings = build(args.paths, Path(args.out), args.baseline, args.prices, args.peaks)
+    written, warnings = build(
+        args.paths, Path(args.out), args.baseline, args.prices, args.peaks, pool=args.pool
+    )
     for warning in warnings:
         print(f"bench: warning: {warning}", file=sys.stderr)
     for path in written:

@@ -1,21 +1,25 @@
-"""`bench report`: results files in, a Markdown summary and CSV tables out.
-
-(The HTML page with charts is the next step of this stage; the tables here are what it shows.)
-"""
+"""`bench report`: results files in; one self-contained HTML page, a Markdown summary and CSV
+tables out. Reads result files only and never imports a framework."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pandas as pd
 
 from bench.errors import UserError
 from bench.report.cost import load_prices
-from bench.report.load import latest_per_case, load
-from bench.report.markdown import best_rows, render
+from bench.report.html import render as render_html
+from bench.report.load import latest_per_case, load, pool_runs
+from bench.report.markdown import render as render_markdown
 from bench.report.peaks import load_peaks
 from bench.report.scoreboard import scoreboard
+from bench.report.sections import Context, best_rows, peak_share, row_throughput, sections
+from bench.report.verdict import verdicts
 from bench.results import check_writable
+
+TITLE = "Machine comparison"
 
 
 def machine_labels(rows: pd.DataFrame) -> dict[str, str]:
@@ -32,10 +36,11 @@ def build(
     baseline_label: str | None = None,
     prices_path: Path | None = None,
     peaks_path: Path | None = None,
+    pool: bool = False,
 ) -> tuple[list[Path], list[str]]:
     """Write the report files; return their paths and the warnings about unreadable files."""
     loaded = load(list(paths))
-    rows = latest_per_case(loaded.rows)
+    rows = pool_runs(loaded.rows) if pool else latest_per_case(loaded.rows)
     labels = machine_labels(rows)
     by_label = {label: machine_id for machine_id, label in labels.items()}
     if baseline_label is None:
@@ -45,18 +50,77 @@ def build(
     else:
         valid = ", ".join(sorted(by_label))
         raise UserError(f"--baseline: no machine labelled {baseline_label!r}; valid: {valid}")
-    peaks = load_peaks(peaks_path)
     prices = load_prices(prices_path) if prices_path else None
-    scores = scoreboard(rows, baseline)
-    text = render(rows, labels, baseline, scores, peaks, prices, loaded.warnings)
+    ctx = Context(
+        rows=rows,
+        loaded=loaded,
+        labels=labels,
+        baseline=baseline,
+        scores=scoreboard(rows, baseline),
+        verdicts=verdicts(rows, labels, prices),
+        peaks=load_peaks(peaks_path),
+        prices=prices,
+        pooled=pool,
+    )
+    parts = sections(ctx)
+    generated = f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC from {len(loaded.runs)} run(s)"
 
     check_writable(out_dir)
-    written = [out_dir / "report.md", out_dir / "scoreboard.csv", out_dir / "best.csv"]
-    written[0].write_text(text)
-    pd.DataFrame(
-        [{**vars(s), "label": labels[s.machine_id], "verdict": s.verdict} for s in scores]
-    ).to_csv(written[1], index=False)
-    best = best_rows(rows).assign(label=lambda df: df["machine_id"].map(labels))
-    columns = ["label", "machine_id", "device_name", "backend", "dtype", "params", "tflops"]
-    best[columns].to_csv(written[2], index=False)
-    return written, loaded.warnings
+    written = {
+        name: out_dir / name
+        for name in ("report.html", "report.md", "scoreboard.csv", "best.csv", "verdict.csv")
+    }
+    written["report.html"].write_text(render_html(parts, TITLE, generated))
+    written["report.md"].write_text(render_markdown(parts, TITLE))
+    _scoreboard_frame(ctx).to_csv(written["scoreboard.csv"], index=False)
+    _best_frame(ctx).to_csv(written["best.csv"], index=False)
+    _verdict_frame(ctx).to_csv(written["verdict.csv"], index=False)
+    return list(written.values()), loaded.warnings
+
+
+def _scoreboard_frame(ctx: Context) -> pd.DataFrame:
+    records = [
+        {"label": ctx.labels[s.machine_id], **vars(s), "verdict": s.verdict} for s in ctx.scores
+    ]
+    return pd.DataFrame(records)
+
+
+def _best_frame(ctx: Context) -> pd.DataFrame:
+    records = []
+    for row in best_rows(ctx.ok, by=("workload", "variant")).to_dict("records"):
+        value, unit = row_throughput(row)
+        records.append(
+            {
+                "label": ctx.labels[str(row["machine_id"])],
+                **{k: row[k] for k in ("machine_id", "device_name", "workload", "variant")},
+                **{k: row[k] for k in ("backend", "dtype", "params")},
+                "throughput": value,
+                "unit": unit,
+                "share_of_datasheet_peak": peak_share(row, ctx.peak_of),
+            }
+        )
+    return pd.DataFrame(records)
+
+
+def _verdict_frame(ctx: Context) -> pd.DataFrame:
+    def label(machine_id: str | None) -> str | None:
+        return ctx.labels[machine_id] if machine_id else None
+
+    records = [
+        {
+            "workload": v.workload,
+            "dtype": v.dtype,
+            "cases_compared": v.common_cases,
+            "fastest": label(v.fastest),
+            "runner_up": label(v.machines[1]) if len(v.machines) > 1 else None,
+            "margin": v.margin,
+            "margin_ci_low": v.margin_low,
+            "margin_ci_high": v.margin_high,
+            "clear_winner": v.clear,
+            "most_per_dollar_hour": label(v.best_value),
+            "throughput_per_dollar_hour": v.value_per_dollar_hour,
+            "caveats": "; ".join(v.caveats),
+        }
+        for v in ctx.verdicts
+    ]
+    return pd.DataFrame(records)

@@ -20,6 +20,7 @@ from typing import Any
 from bench.errors import UserError
 from bench.tomlfile import read_toml
 
+EXAMPLE_PRICES = Path(__file__).with_name("prices.example.toml")
 SECONDS_PER_HOUR = 3600.0
 NUMBERS = ("dollars_per_hour", "purchase_dollars", "power_w")
 TEXTS = ("source", "date")
@@ -75,7 +76,7 @@ def price_for(label: str, gpu_name: str | None, prices: list[Price]) -> Price | 
     for price in prices:
         if price.match == label:
             return price
-    if gpu_name:
+    if isinstance(gpu_name, str) and gpu_name:  # a CPU-only machine's is None or NaN
         for price in prices:
             if re.search(price.match, gpu_name, re.IGNORECASE):
                 return price
