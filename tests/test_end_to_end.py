@@ -233,7 +233,10 @@ def _start_and_wait_for_rows(
         assert proc.poll() is None, proc.communicate()
         found = list(out.rglob("*.parquet"))
         if found:
-            table = pq.read_table(found[0])  # must be complete whenever it can be seen
+            # Must be complete whenever it can be seen. Opened once: given a path, pyarrow may
+            # open it again for the data, and find the next version renamed into place.
+            with found[0].open("rb") as f:
+                table = pq.read_table(f)
             if table.num_rows >= rows:
                 workers = psutil.Process(proc.pid).children(recursive=True)
                 return proc, found[0], table.to_pylist(), workers
