@@ -176,14 +176,23 @@ def percent_of_peak(row: Any, peak_of: Callable[[str], GpuPeak | None]) -> str:
     return "n/a (CPU)" if row["device_kind"] != "gpu" else "peak unknown"
 
 
+# What the tables read of a best row (a narrow frame: turning rows into dicts costs per column).
+BEST_COLUMNS = [
+    *("machine_id", "device_kind", "device_name", "gpu_name", "workload", "variant", "backend"),
+    *("dtype", "params", "flops", "tflops", "gbps", "gpu_power_w_median", "gpu_energy_j"),
+    "timed_calls",
+]
+
+
 def best_rows(rows: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
-    """The fastest ok row per machine, device kind, backend and dtype (and `by`)."""
+    """The fastest ok row per machine, device kind, backend and dtype (and `by`), in
+    BEST_COLUMNS; `rows` are Context.cases or a part of them."""
     ok = ok_rows(rows)
     values, _ = throughput(ok) if not ok.empty else (ok["tflops"], "")
     ok = ok.assign(_value=values).dropna(subset=["_value"])
     keys = ["machine_id", "device_kind", "backend", "dtype", *by]
     index = ok.groupby(keys)["_value"].idxmax()
-    return ok.loc[index].drop(columns="_value").reset_index(drop=True)
+    return ok.loc[index, BEST_COLUMNS].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------- sections
