@@ -144,9 +144,10 @@ class ResultsFile:
             raise
 
 
-def read_results(path: str | Path) -> tuple[Any, dict[str, Any]]:
-    """Read one results file, as written: (pandas DataFrame, {"machine": ..., "run": ...,
-    "schema_version": ...}). bench.report.load.migrate brings older versions' rows up to date."""
+def read_table(path: str | Path) -> tuple[pa.Table, dict[str, Any]]:
+    """Read one results file, as written: (Arrow table, {"machine": ..., "run": ...,
+    "schema_version": ...}); a version this bench cannot read is a UserError.
+    bench.report.load.migrate brings older versions' rows up to date."""
     table = pq.read_table(path)
     meta = table.schema.metadata or {}
     version = int(meta.get(b"bench.schema_version", b"0"))
@@ -157,6 +158,12 @@ def read_results(path: str | Path) -> tuple[Any, dict[str, Any]]:
         "run": json.loads(meta.get(b"bench.run", b"{}")),
         "schema_version": version,
     }
+    return table, info
+
+
+def read_results(path: str | Path) -> tuple[Any, dict[str, Any]]:
+    """read_table, with the rows as a pandas DataFrame."""
+    table, info = read_table(path)
     return table.to_pandas(), info
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from bench.errors import UserError
-from bench.results import COLUMNS, READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION, result_files
+from bench.results import COLUMNS, SCHEMA_VERSION, read_table, result_files
 from bench.stats import summarize
 
 # Columns that say which case a row measured: rows with equal values are the same case.
@@ -71,7 +69,7 @@ def load(paths: list[str | Path]) -> Loaded:
     tables: dict[int, list[pa.Table]] = {}  # schema version -> the tables written in it
     for path in files:
         try:
-            table, info = _read_table(path)
+            table, info = read_table(path)
         except UserError as exc:
             loaded.warnings.append(f"skipped {path}: {exc}")
             continue
@@ -95,22 +93,6 @@ def load(paths: list[str | Path]) -> Loaded:
     rows["device_kind"] = np.where(rows["device"] == "cpu", "cpu", "gpu")
     loaded.rows = rows
     return loaded
-
-
-def _read_table(path: Path) -> tuple[pa.Table, dict[str, Any]]:
-    """One results file as an Arrow table, and {"machine", "run", "schema_version"} as
-    bench.results.read_results gives them (which converts each file to pandas on its own)."""
-    table = pq.read_table(path)
-    meta = table.schema.metadata or {}
-    version = int(meta.get(b"bench.schema_version", b"0"))
-    if version not in READABLE_SCHEMA_VERSIONS:
-        raise UserError(f"{path}: results schema version {version} is not readable by this bench")
-    info = {
-        "machine": json.loads(meta.get(b"bench.machine", b"{}")),
-        "run": json.loads(meta.get(b"bench.run", b"{}")),
-        "schema_version": version,
-    }
-    return table, info
 
 
 def _to_pandas(tables: list[pa.Table]) -> pd.DataFrame:
