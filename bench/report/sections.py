@@ -35,6 +35,7 @@ from bench.report.verdict import Verdict
 
 WORK_FLOPS = 1e18  # the fixed amount of work priced in the cost table
 MAX_SERIES_PER_CHART = 10
+MAX_BARS = 80  # scoreboard bars drawn; the table lists every score
 MAX_MARKERS = 64  # per series; beyond, a line without per-point hover text keeps pages small
 VERDICT_COLORS = {"faster": "#2ca02c", "slower": "#d62728", "no clear difference": "#9e9e9e"}
 
@@ -332,12 +333,16 @@ def scoreboard(ctx: Context) -> list[Section]:
         label = ctx.labels[s.machine_id]
         body.append([label, s.workload, s.dtype, s.device_kind, s.cases, interval, s.verdict])
     header = ["machine", "workload", "dtype", "device", "cases", "speed vs baseline [95 % CI]"]
+    shown = f" The chart shows the first {MAX_BARS} of {len(bars)}." if len(bars) > MAX_BARS else ""
     text = Text(
         "Speed relative to the baseline: geometric mean over the cases both machines ran, with "
-        "a 95 % bootstrap interval from the raw samples. Overlapping 1 means no clear difference."
+        "a 95 % bootstrap interval from the raw samples; an interval that includes 1 means no "
+        f"clear difference.{shown}"
     )
     chart = Chart(
-        bar_chart(bars, "Speed relative to the baseline", "speed vs baseline (×, log scale)")
+        bar_chart(
+            bars[:MAX_BARS], "Speed relative to the baseline", "speed vs baseline (×, log scale)"
+        )
     )
     return [Section(title, [text, chart, Table([*header, "verdict"], body)], anchor="scoreboard")]
 
