@@ -167,6 +167,8 @@ def test_a_new_workload_gets_its_section_and_feeds_the_roofline(tmp_path: Path) 
     assert "## Workload: stream" in text
     assert "| 3000 GB/s | 90% |" in text  # of the H100 SXM's 3350 GB/s datasheet bandwidth
     assert "| 3000 (measured) |" in text  # the matmul roofline now uses the measured bandwidth
+    best = pd.read_csv(tmp_path / "out" / "best.csv").set_index("workload")
+    assert best.loc["stream", "unit"] == "GB/s" and best.loc["stream", "throughput"] == 3000
 
 
 def test_pool_combines_the_runs_of_a_machine(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from bench.report.cost import (
     price_for,
     tflops_per_dollar_hour,
 )
-from bench.report.load import Loaded, sample_lists
+from bench.report.load import Loaded, ok_rows, sample_lists
 from bench.report.peaks import GpuPeak, find_peak
 from bench.report.scoreboard import Score
 from bench.report.svg import PALETTE, Bar, Series, bar_chart, xy_chart
@@ -149,10 +149,6 @@ def row_throughput(row: Any) -> tuple[float, str]:
     return float(row["gbps"]), "GB/s"
 
 
-def ok_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    return rows[(rows["status"] == "ok") & (rows["time_median_s"] > 0)]
-
-
 def device_label(row: Any) -> str:
     return "CPU" if row["device_kind"] == "cpu" else str(row["device_name"])
 
@@ -189,8 +185,9 @@ def best_rows(rows: pd.DataFrame, by: tuple[str, ...] = ()) -> pd.DataFrame:
     """The fastest ok row per machine, device kind, backend and dtype (and `by`), in
     BEST_COLUMNS; `rows` are Context.cases or a part of them."""
     ok = ok_rows(rows)
-    values, _ = throughput(ok) if not ok.empty else (ok["tflops"], "")
-    ok = ok.assign(_value=values).dropna(subset=["_value"])
+    # Each row by its own measure: TFLOP/s where it counts operations, else GB/s.
+    ok = ok.assign(_value=ok["tflops"].where(ok["flops"] > 0, ok["gbps"]))
+    ok = ok.dropna(subset=["_value"])
     keys = ["machine_id", "device_kind", "backend", "dtype", *by]
     index = ok.groupby(keys)["_value"].idxmax()
     return ok.loc[index, BEST_COLUMNS].reset_index(drop=True)
@@ -555,10 +552,10 @@ def cost(ctx: Context) -> list[Section]:
         )
         return [Section("Cost", [text], anchor="cost")]
     body = []
-    for row in best_rows(ctx.ok).to_dict("records"):
+    for row in best_rows(ctx.ok[ctx.ok["flops"] > 0]).to_dict("records"):
         label = ctx.labels[str(row["machine_id"])]
         price = price_for(label, row["gpu_name"], ctx.prices)
-        if price is None or not _present(row["tflops"]):
+        if price is None:
             continue
         tflops = float(row["tflops"])
         hourly = price.dollars_per_hour
