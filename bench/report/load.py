@@ -115,6 +115,11 @@ def _row_order(rows: pd.DataFrame) -> np.ndarray:
     return rows["started_at"].reset_index(drop=True).sort_values(kind="stable").index.to_numpy()
 
 
+def ok_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of cases that ran, passed their check and were timed."""
+    return rows[(rows["status"] == "ok") & (rows["time_median_s"] > 0)]
+
+
 def latest_per_case(rows: pd.DataFrame) -> pd.DataFrame:
     """For each machine and case, the row of the latest run that measured it."""
     order = _row_order(rows)

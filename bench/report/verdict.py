@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report.cost import Price, price_for
+from bench.report.load import ok_rows
 from bench.report.scoreboard import MATCH, compare
 
 CASE_WITHIN_CLASS = ["variant", "backend", "params"]
@@ -63,7 +64,7 @@ def verdicts(
     tally = _tally(cases)
     found = []
     for (workload, dtype), mine in cases.groupby(["workload", "dtype"], sort=True):
-        ok = mine[(mine["status"] == "ok") & (mine["time_median_s"] > 0)]
+        ok = ok_rows(mine)
         if ok.empty:
             continue
         verdict = _verdict(str(workload), str(dtype), ok, rows, labels, prices)
