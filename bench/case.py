@@ -81,6 +81,7 @@ class Outcome:
     peak_mem_source: str = ""
     cache: str = ""  # "cold" (L2 flushed before each timed call) or "hot"
     precision: str = ""  # the precision setting the backend was told to use
+    impl: str = ""  # the code that ran (Prepared.impl)
     device_name: str = ""
     threads: int | None = None
     telemetry: dict[str, Any] = field(default_factory=dict)

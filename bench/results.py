@@ -4,6 +4,7 @@ case so that an interrupted run (Ctrl-C, kill, power loss) leaves every finished
 Schema history (bump SCHEMA_VERSION on any change to COLUMNS; readers accept every version listed):
   1  2026-11-23  first version.
   2  2026-11-23  adds runtime_version (older rows: "cpu" on the CPU, else unknown).
+  3  2026-11-23  adds impl, and flops_alt / flops_alt_convention / tflops_alt (older rows: none).
 
 Method history (bump METHOD_VERSION when a change alters the measured figures):
   1  2026-11-23  do_bench-style time budgets, median of per-call samples, cold L2 on GPUs,
@@ -29,9 +30,9 @@ import pyarrow.parquet as pq
 from bench.errors import UserError
 from bench.nvml import TELEMETRY_COLUMNS
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 METHOD_VERSION = 1
-READABLE_SCHEMA_VERSIONS = (1, 2)  # bench.report.load.migrate brings older rows up to date
+READABLE_SCHEMA_VERSIONS = (1, 2, 3)  # bench.report.load.migrate brings older rows up to date
 
 _TYPES = {"float64": pa.float64(), "int64": pa.int64(), "string": pa.string(), "bool": pa.bool_()}
 
@@ -54,6 +55,7 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "device_name": (pa.string(), "CPU model or GPU name"),
     "dtype": (pa.string(), "float64, float32, tf32, float16, bfloat16, float8_e4m3 or int8"),
     "precision": (pa.string(), "precision setting given to the backend (e.g. ieee-fp32, tf32)"),
+    "impl": (pa.string(), "the code that ran, e.g. cudnn, im2col+gemm, sdpa-flash, naive"),
     "params": (pa.string(), "JSON of the case's parameters"),
     "status": (pa.string(), "ok, skipped, oom, incorrect, error or timeout"),
     "reason": (pa.string(), "why a case is not ok; empty when ok"),
@@ -69,6 +71,9 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "bytes": (pa.int64(), "fewest bytes one call must move (inputs read, output written)"),
     "tflops": (pa.float64(), "flops / time_median_s / 1e12"),
     "gbps": (pa.float64(), "bytes / time_median_s / 1e9"),
+    "flops_alt": (pa.int64(), "operations per call under a second convention, where one exists"),
+    "flops_alt_convention": (pa.string(), "that convention, e.g. deepbench-recurrent"),
+    "tflops_alt": (pa.float64(), "flops_alt / time_median_s / 1e12"),
     "rel_error": (pa.float64(), "relative error against the float64 reference"),
     "tolerance": (pa.float64(), "largest rel_error accepted for this dtype"),
     "peak_mem_bytes": (pa.int64(), "peak memory during the case"),
@@ -195,6 +200,7 @@ def make_row(
     params = case.params_dict()
     flops = workload.flops(params)
     moved = workload.bytes(params, case.dtype)
+    flops_alt = workload.flops_alt(params) if workload.flops_alt else None
     row: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "method_version": METHOD_VERSION,
@@ -213,6 +219,7 @@ def make_row(
         "device_name": outcome.device_name or None,
         "dtype": case.dtype,
         "precision": outcome.precision or None,
+        "impl": outcome.impl or None,
         "params": case.params_json(),
         "status": outcome.status,
         "reason": outcome.reason,
@@ -221,6 +228,8 @@ def make_row(
         "calls_per_sample": outcome.calls_per_sample,
         "flops": flops,
         "bytes": moved,
+        "flops_alt": flops_alt,
+        "flops_alt_convention": workload.flops_alt_convention or None,
         "rel_error": outcome.rel_error,
         "tolerance": outcome.tolerance,
         "peak_mem_bytes": outcome.peak_mem_bytes,
@@ -243,4 +252,6 @@ def make_row(
             tflops=flops / stats.median_s / 1e12 if stats.median_s > 0 else None,
             gbps=moved / stats.median_s / 1e9 if stats.median_s > 0 else None,
         )
+        if flops_alt is not None and stats.median_s > 0:
+            row["tflops_alt"] = flops_alt / stats.median_s / 1e12
     return row

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing as mp
+import os
 import signal
 import time
 from collections.abc import Callable, Iterable
@@ -21,6 +22,10 @@ from bench.workloads import WORKLOADS
 # Importing a framework and creating its CUDA context can take tens of seconds on a cold
 # machine; a worker that has not reported by then is stuck.
 PROBE_TIMEOUT_S = 180.0
+# A worker's numpy computes the float64 references of the checks. Its BLAS pool would otherwise
+# start a thread per core that keeps spinning after a reference and slows the timed calls of a
+# CPU backend; one thread is plenty at the checks' small sizes. (No framework reads this.)
+WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1"}
 
 
 class Worker:
@@ -41,7 +46,16 @@ class Worker:
             daemon=True,
             name=f"bench-{self.backend}",
         )
-        self._proc.start()
+        saved = {key: os.environ.get(key) for key in WORKER_ENV}
+        os.environ.update(WORKER_ENV)  # a spawned child starts with the parent's environment
+        try:
+            self._proc.start()
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
         child.close()
         if not self._conn.poll(PROBE_TIMEOUT_S):
             self.close()
@@ -158,13 +172,15 @@ def execute(
 
 
 class SweepLimits:
-    """Stops each sweep (a workload variant on one backend, device and dtype) where this machine
-    gets too slow, so one suite fits a laptop and a GPU server alike.
+    """Stops each sweep (a workload variant on one backend, device and dtype, in one mode) where
+    this machine gets too slow or runs out of memory, so one suite fits a laptop and a GPU
+    server alike.
 
-    A case is skipped without running when a smaller case of its sweep already took longer
-    than max_call_s per call, or when the best rate measured in its sweep predicts more than
-    PREDICTION_MARGIN × max_call_s per call. The margin is generous because larger products
-    usually run at a higher rate; the measure loop's own two-call check catches the rest.
+    A case is skipped without running when a smaller case of its sweep (fewer FLOPs) already
+    took longer than max_call_s per call or ran out of memory, or when the best rate measured in
+    its sweep predicts more than PREDICTION_MARGIN × max_call_s per call. The margin is generous
+    because larger products usually run at a higher rate; the measure loop's own two-call check
+    catches the rest.
     """
 
     PREDICTION_MARGIN = 2.0
@@ -172,16 +188,24 @@ class SweepLimits:
     def __init__(self) -> None:
         self._best_rate: dict[tuple[str, ...], float] = {}  # FLOP/s
         self._too_slow_flops: dict[tuple[str, ...], int] = {}
+        self._oom_flops: dict[tuple[str, ...], int] = {}
 
     @staticmethod
     def _sweep(case: Case) -> tuple[tuple[str, ...], int]:
-        sweep = (case.workload, case.variant, case.backend, case.device, case.dtype)
-        return sweep, WORKLOADS[case.workload].flops(case.params_dict())
+        params = case.params_dict()
+        mode = str(params.get("mode", ""))  # forward and training sweeps stop on their own
+        sweep = (case.workload, case.variant, case.backend, case.device, case.dtype, mode)
+        return sweep, WORKLOADS[case.workload].flops(params)
 
     def reason(self, case: Case) -> str:
         """Why `case` should not run, or ""."""
         sweep, flops = self._sweep(case)
         limit_s = case.settings.max_call_s
+        if flops >= self._oom_flops.get(sweep, flops + 1):
+            return (
+                f"not run: a smaller case of this sweep ({self._oom_flops[sweep]:.3g} FLOPs) "
+                "ran out of memory"
+            )
         if flops >= self._too_slow_flops.get(sweep, flops + 1):
             return (
                 f"{TOO_SLOW}: a smaller case of this sweep ({self._too_slow_flops[sweep]:.3g} "
@@ -202,6 +226,8 @@ class SweepLimits:
             self._best_rate[sweep] = max(rate, self._best_rate.get(sweep, 0.0))
         elif outcome.status == "timeout" or outcome.reason.startswith(TOO_SLOW):
             self._too_slow_flops[sweep] = min(flops, self._too_slow_flops.get(sweep, flops))
+        elif outcome.status == "oom":
+            self._oom_flops[sweep] = min(flops, self._oom_flops.get(sweep, flops))
 
 
 def _skip_reason(item: Planned, info: BackendInfo | None) -> Outcome | None:

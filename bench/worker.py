@@ -59,8 +59,8 @@ def run_case(bk: Any, case: Case) -> Outcome:
         known["threads"] = bk.threads(device)
         flush = bk.flusher(device) if case.settings.l2_flush else None
         known["cache"] = "hot" if flush is None else "cold"
-        bk.reset_peak_memory(device)
         prepared = WORKLOADS[case.workload].setup(bk, device, dtype, case.params_dict(), SEED)
+        known["impl"] = prepared.impl
         rel_error = prepared.check()
         known.update(rel_error=rel_error, tolerance=prepared.tolerance)
         if not rel_error <= prepared.tolerance:  # NaN compares false: it never passes
@@ -68,6 +68,9 @@ def run_case(bk: Any, case: Case) -> Outcome:
             return Outcome("incorrect", reason, **known)
         telemetry = _telemetry(case.nvml_index)
         timer = bk.timer(device)
+        # After the check: the peak covers the case's own buffers and its timed calls, not the
+        # check's (small) reference instance.
+        bk.reset_peak_memory(device)
         measured = measure(prepared.run, bk.sync, timer, case.settings, flush, telemetry)
         peak_bytes, peak_source = bk.peak_memory(device)
         if measured.calls_per_sample > 1:

@@ -1,5 +1,7 @@
 """Schema migration: golden files of every older schema version read as the current columns, and
 where runtime_version (new in schema 2) comes from."""
+# Golden files: results_schema1_cpu (a real v1 run), results_schema1_gpu (synthetic, see
+# make_golden.py), results_schema2_cpu (a real `bench run quick` on this 2-core VM at schema 2).
 
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from bench.results import (
 GOLDEN = Path(__file__).parent / "golden"
 CPU_V1 = GOLDEN / "results_schema1_cpu.parquet"
 GPU_V1 = GOLDEN / "results_schema1_gpu.parquet"
+CPU_V2 = GOLDEN / "results_schema2_cpu.parquet"
 V1_COLUMNS = pq.read_schema(CPU_V1).names
 
 
@@ -123,13 +126,30 @@ def test_an_unknown_schema_version_is_a_warning_naming_the_file(tmp_path: Path) 
     assert len(loaded.rows) == 210  # the readable file is still reported
 
 
-def test_files_of_both_versions_load_together(tmp_path: Path) -> None:
-    v2 = _write_v2(tmp_path / "v2.parquet", _cpu_ok_outcome(), runtime_version=None)
-    loaded = load([CPU_V1, GPU_V1, v2])
+def test_a_version_2_file_loads_with_the_version_3_columns_empty() -> None:
+    assert pq.read_schema(CPU_V2).metadata[b"bench.schema_version"] == b"2"
+    assert CPU_V2.stat().st_size < 100_000
+    raw = pq.read_table(CPU_V2).to_pandas()
+    loaded = load([CPU_V2])
+    assert loaded.warnings == [] and _columns(loaded.rows) == list(COLUMNS)
+    pd.testing.assert_frame_equal(
+        loaded.rows[list(raw.columns)].reset_index(drop=True), raw, check_dtype=False
+    )
+    for column in ("impl", "flops_alt", "flops_alt_convention", "tflops_alt"):
+        assert column not in raw.columns
+        assert all(_missing(v) for v in loaded.rows[column]), column
+    assert set(loaded.rows["workload"]) == {"matmul"}
+    assert (loaded.rows["status"] == "ok").sum() > 0
+    assert set(loaded.rows["runtime_version"].dropna()) == {"cpu"}
+
+
+def test_files_of_every_version_load_together(tmp_path: Path) -> None:
+    v3 = _write_current(tmp_path / "v3.parquet", _cpu_ok_outcome(), runtime_version=None)
+    loaded = load([CPU_V1, GPU_V1, CPU_V2, v3])
     assert loaded.warnings == []
     assert _columns(loaded.rows) == list(COLUMNS)
-    assert set(loaded.rows["schema_version"]) == {1, 2}
-    assert len(loaded.rows) == 210 + 5 + 1
+    assert set(loaded.rows["schema_version"]) == {1, 2, 3}
+    assert len(loaded.rows) == 210 + 5 + pq.read_metadata(CPU_V2).num_rows + 1
 
 
 # --- runtime_version in new files ---------------------------------------------------------------
@@ -139,7 +159,7 @@ def _cpu_ok_outcome() -> Outcome:
     return Outcome("ok", samples_s=(1e-3, 1.1e-3, 0.9e-3), device_name="Some CPU")
 
 
-def _write_v2(
+def _write_current(
     path: Path, outcome: Outcome, runtime_version: str | None, device: str = "cpu"
 ) -> Path:
     """A one-row file written by the current code, as `bench run` writes it."""
@@ -155,9 +175,9 @@ def test_a_new_file_says_cpu_for_a_real_cpu_case(tmp_path: Path, torch_backend: 
     info = torch_backend.probe()
     outcome = worker.run_case(torch_backend, make_case("torch", "float32"))
     assert outcome.status == "ok", outcome.reason
-    path = _write_v2(tmp_path / "r.parquet", outcome, info.runtime_version)
+    path = _write_current(tmp_path / "r.parquet", outcome, info.runtime_version)
     frame, meta = read_results(path)
-    assert meta["schema_version"] == SCHEMA_VERSION == 2
+    assert meta["schema_version"] == SCHEMA_VERSION == 3
     assert list(frame["runtime_version"]) == ["cpu"]
     assert list(load([path]).rows["runtime_version"]) == ["cpu"]
 
@@ -175,7 +195,7 @@ def test_make_row_takes_the_backends_runtime_on_gpus_only(
     tmp_path: Path, device: str, backend_runtime: str | None, expected: str | None
 ) -> None:
     outcome = Outcome("skipped", "no GPU") if device == "gpu" else _cpu_ok_outcome()
-    path = _write_v2(tmp_path / "r.parquet", outcome, backend_runtime, device=device)
+    path = _write_current(tmp_path / "r.parquet", outcome, backend_runtime, device=device)
     assert pq.read_table(path).column("runtime_version").to_pylist() == [expected]
 
 

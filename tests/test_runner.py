@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+import types
 from datetime import datetime
 from typing import Any
 
@@ -189,5 +190,41 @@ def test_sweep_limits_skip_what_is_larger_than_a_case_found_too_slow() -> None:
 def test_sweep_limits_ignore_other_failures() -> None:
     limits = runner.SweepLimits()
     limits.observe(_square(256), Outcome("skipped", "tf32 is a tensor-core mode"))
-    limits.observe(_square(256), Outcome("oom", "out of memory"))
+    limits.observe(_square(256), Outcome("error", "RuntimeError: something"))
+    limits.observe(_square(256), Outcome("incorrect", "relative error 1 exceeds tolerance"))
     assert limits.reason(_square(8192)) == ""
+
+
+def test_sweep_limits_stop_a_sweep_at_its_first_out_of_memory_case() -> None:
+    limits = runner.SweepLimits()
+    limits.observe(_square(4096), Outcome("oom", "CUDA out of memory"))
+    assert limits.reason(_square(2048)) == ""
+    reason = limits.reason(_square(8192))
+    assert reason.startswith("not run") and "out of memory" in reason
+    assert limits.reason(_square(8192, dtype="float16")) == ""  # another sweep
+
+
+def _attention(mode: str, seq: int) -> Case:
+    params = {"batch": 1, "heads": 1, "seq_q": seq, "seq_k": seq, "head_dim": 64}
+    return make_case(
+        "torch",
+        "float32",
+        {**params, "causal": False, "mode": mode},
+        workload="matmul_like_mode",
+        variant="naive",
+    )
+
+
+def _attention_flops(p: dict[str, Any]) -> int:
+    return 4 * p["seq_q"] * p["seq_k"] * p["head_dim"] * (3 if p["mode"] == "train" else 1)
+
+
+def test_sweep_limits_keep_forward_and_training_sweeps_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = types.SimpleNamespace(flops=_attention_flops)
+    monkeypatch.setitem(runner.WORKLOADS, "matmul_like_mode", fake)
+    limits = runner.SweepLimits()
+    limits.observe(_attention("train", 1024), Outcome("oom", "out of memory"))
+    assert limits.reason(_attention("forward", 4096)) == ""
+    assert limits.reason(_attention("train", 2048)).startswith("not run")

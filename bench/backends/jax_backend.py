@@ -85,6 +85,12 @@ class Backend:
             return preset.TF32_TF32_F32 if preset is not None else lax.Precision.DEFAULT
         return lax.Precision.DEFAULT
 
+    def precision_scope(self, dtype: str) -> Any:
+        """A context under which jit-traced code computes matmuls, convolutions and einsums at
+        the suite dtype's precision (for ops that take no `precision=`, e.g. attention)."""
+        name = {"float64": "highest", "float32": "highest", "tf32": "tensorfloat32"}
+        return self.jax.default_matmul_precision(name.get(dtype, "default"))
+
     def randn(self, shape: tuple[int, ...], dtype: str, device: str, seed: int) -> Any:
         jax = self.jax
         with jax.default_device(self._device(device)):

@@ -125,8 +125,10 @@ class Backend:
         return x.to(t.float64).cpu().numpy()
 
     def sync(self, out: Any) -> None:
-        if isinstance(out, self.torch.Tensor) and out.is_cuda:
-            self.torch.cuda.synchronize(out.device)
+        """Wait for `out`: a tensor, or a tuple or list of them (a forward and backward pass)."""
+        first = out[0] if isinstance(out, tuple | list) and out else out
+        if isinstance(first, self.torch.Tensor) and first.is_cuda:
+            self.torch.cuda.synchronize(first.device)
 
     def timer(self, device: str) -> Any:
         if device == "cpu":

@@ -46,8 +46,14 @@ def _v1_to_v2(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(runtime_version=rows["device"].map(lambda d: "cpu" if d == "cpu" else None))
 
 
+def _v2_to_v3(rows: pd.DataFrame) -> pd.DataFrame:
+    """Adds impl, flops_alt, flops_alt_convention and tflops_alt: none before version 3 (the
+    only workload then, matmul, has one implementation per backend and one FLOP convention)."""
+    return rows.assign(impl=None, flops_alt=None, flops_alt_convention=None, tflops_alt=None)
+
+
 # version -> the step that turns rows of that version into rows of the next one
-_STEPS = {1: _v1_to_v2}
+_STEPS = {1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def migrate(rows: pd.DataFrame, version: int) -> pd.DataFrame:

@@ -1,14 +1,26 @@
-"""Workloads: what is measured. Each is one module, registered here by name.
+"""Workloads: what is measured. Each is one module of this package exposing `WORKLOAD`.
 
 A workload parses its part of a suite entry into parameter points, counts FLOPs and bytes as
 pure functions of the parameters (testable without a device), and `setup` builds, inside a worker,
 the closure to time plus a correctness check against a float64 reference.
-To add one: write `bench/workloads/<name>.py` exposing `WORKLOAD`, and add it to the tuple below.
+To add one: write `bench/workloads/<name>.py` exposing `WORKLOAD`; it is found by name here.
 """
 
 from __future__ import annotations
 
-from bench.workloads import matmul
+import importlib
+import pkgutil
+
 from bench.workloads.base import Workload
 
-WORKLOADS: dict[str, Workload] = {workload.name: workload for workload in (matmul.WORKLOAD,)}
+
+def _discover() -> dict[str, Workload]:
+    found: dict[str, Workload] = {}
+    for module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+        workload = getattr(importlib.import_module(f"{__name__}.{module}"), "WORKLOAD", None)
+        if isinstance(workload, Workload):
+            found[workload.name] = workload
+    return found
+
+
+WORKLOADS: dict[str, Workload] = _discover()

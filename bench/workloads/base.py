@@ -36,14 +36,21 @@ TOLERANCE = {
 }
 
 
+# What a call of a workload with a `mode` parameter does: the forward pass only (inference),
+# or the forward and the backward pass (training: gradients of the inputs and the weights).
+MODES = ("forward", "train")
+
+
 @dataclass(frozen=True)
 class Prepared:
     """A case ready to time: `run()` performs one call and returns its output; `check()`
-    returns the relative error of a fresh call's output against a float64 reference."""
+    returns the relative error of a fresh call's output against a float64 reference.
+    `impl` names the code that runs where a backend has more than one way (a results column)."""
 
     run: Callable[[], Any]
     check: Callable[[], float]
     tolerance: float
+    impl: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,10 @@ class Workload:
     bytes: Callable[[dict[str, Any], str], int]  # fewest bytes the op must move (also footprint)
     setup: Callable[[Any, str, str, dict[str, Any], int], Prepared]
     keys: dict[str, str]  # suite keys -> what they mean, for `bench list` and error messages
+    # A second FLOP count under another convention the field publishes (e.g. DeepBench's
+    # recurrent-only count), and that convention's name; None where there is only one.
+    flops_alt: Callable[[dict[str, Any]], int] | None = None
+    flops_alt_convention: str = ""
 
 
 def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
@@ -91,3 +102,14 @@ def list_of(value: Any, where: str) -> list[Any]:
     if not isinstance(value, list) or not value:
         raise UserError(f"{where}: expected a non-empty list, got {value!r}")
     return value
+
+
+def choices(value: Any, valid: tuple[Any, ...], where: str) -> list[Any]:
+    """A non-empty list whose items are all in `valid` (e.g. modes = ["forward", "train"]),
+    without repeats, in the order given."""
+    items = list_of(value, where)
+    bad = [v for v in items if v not in valid or isinstance(v, bool) != isinstance(valid[0], bool)]
+    if bad:
+        shown = ", ".join(map(repr, valid))
+        raise UserError(f"{where}: unknown {', '.join(map(repr, bad))}; valid: {shown}")
+    return list(dict.fromkeys(items))
