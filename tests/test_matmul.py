@@ -243,6 +243,7 @@ def test_relative_error() -> None:
 def test_setup_check_on_torch_cpu(torch_backend: Any, shape: dict[str, int], dtype: str) -> None:
     prepared = matmul.setup(torch_backend, "cpu", dtype, shape, seed=7)
     assert prepared.tolerance == TOLERANCE[dtype]
+    assert prepared.impl == "torch.matmul"
     error = prepared.check()
     assert 0 <= error <= prepared.tolerance
     out = prepared.run()
@@ -264,6 +265,14 @@ def test_check_compares_with_an_independent_product(torch_backend: Any) -> None:
     finally:
         matmul.BUILDERS["torch"] = original
     assert prepared.check() > 0.5
+
+
+def test_impl_names_the_call_each_backend_and_dtype_times() -> None:
+    assert matmul._impl("torch", "bfloat16") == "torch.matmul"
+    assert matmul._impl("torch", "int8") == "torch._int_mm"
+    assert matmul._impl("torch", "float8_e4m3") == "torch._scaled_mm"
+    assert matmul._impl("jax", "float32") == "jnp.matmul"
+    assert matmul._impl("cupy", "tf32") == "cupy.matmul"
 
 
 @pytest.mark.parametrize("dtype", ["int8", "float8_e4m3"])

@@ -87,16 +87,18 @@ def _scoreboard_frame(ctx: Context) -> pd.DataFrame:
 
 def _best_frame(ctx: Context) -> pd.DataFrame:
     records = []
-    for row in best_rows(ctx.ok, by=("workload", "variant")).to_dict("records"):
+    for row in best_rows(ctx.ok, by=("workload", "variant", "mode")).to_dict("records"):
         value, unit = row_throughput(row)
         records.append(
             {
                 "label": ctx.labels[str(row["machine_id"])],
                 **{k: row[k] for k in ("machine_id", "device_name", "workload", "variant")},
-                **{k: row[k] for k in ("backend", "dtype", "params")},
+                **{k: row[k] for k in ("backend", "impl", "dtype", "mode", "params")},
                 "throughput": value,
                 "unit": unit,
                 "share_of_datasheet_peak": peak_share(row, ctx.peak_of),
+                "tflops_alt": row["tflops_alt"],
+                "flops_alt_convention": row["flops_alt_convention"],
             }
         )
     return pd.DataFrame(records)

@@ -4,7 +4,8 @@ renderers both draw: one place for the content, two for the looks.
 Adding a section is one small change: write a function `(Context) -> list[Section]` and list it
 in SECTIONS, or, for a workload that needs more than the generic throughput section (memory
 capacity, bandwidth, storage, collectives), add a `(Context, rows) -> list[Block]` function to
-WORKLOAD_EXTRAS under the workload's name. A workload's section appears whenever its rows exist.
+`bench.report.extras.WORKLOAD_EXTRAS` under the workload's name. A workload's section appears
+whenever its rows exist.
 """
 
 from __future__ import annotations
@@ -87,14 +88,17 @@ class Context:
     prices: list[Price] | None
     pooled: bool = False  # rows pool every run of a machine (else its latest run per case)
     colors: dict[str, str] = field(default_factory=dict)  # machine_id -> chart colour
-    cases: pd.DataFrame = field(init=False)  # rows without the raw samples, + timed_calls
+    # rows without the raw samples, + timed_calls and mode (params' "mode", "" where none)
+    cases: pd.DataFrame = field(init=False)
     ok: pd.DataFrame = field(init=False)  # the ok cases among them
     peak_of: Callable[[str], GpuPeak | None] = field(init=False)  # device name -> its peaks
 
     def __post_init__(self) -> None:
         sample_counts = pc.list_value_length(sample_lists(self.rows["samples_s"]))
         self.cases = self.rows.drop(columns="samples_s").assign(
-            timed_calls=sample_counts.to_numpy(zero_copy_only=False) * self.rows["calls_per_sample"]
+            timed_calls=sample_counts.to_numpy(zero_copy_only=False)
+            * self.rows["calls_per_sample"],
+            mode=self.rows["params"].map(lambda p: str(parse_params(p).get("mode", ""))),
         )
         self.ok = ok_rows(self.cases)
         self.peak_of = functools.cache(lambda name: find_peak(name, self.peaks))
@@ -176,8 +180,8 @@ def percent_of_peak(row: Any, peak_of: Callable[[str], GpuPeak | None]) -> str:
 # What the tables read of a best row (a narrow frame: turning rows into dicts costs per column).
 BEST_COLUMNS = [
     *("machine_id", "device_kind", "device_name", "gpu_name", "workload", "variant", "backend"),
-    *("dtype", "params", "flops", "tflops", "gbps", "gpu_power_w_median", "gpu_energy_j"),
-    "timed_calls",
+    *("dtype", "mode", "impl", "params", "flops", "tflops", "gbps", "tflops_alt"),
+    *("flops_alt_convention", "gpu_power_w_median", "gpu_energy_j", "timed_calls"),
 ]
 
 
@@ -358,6 +362,8 @@ def workloads(ctx: Context) -> list[Section]:
             blocks.append(_best_table(ctx, rows))
             if (ok["flops"].fillna(0) > 0).any() and (ok["bytes"].fillna(0) > 0).any():
                 blocks += _rooflines(ctx, ok)
+        from bench.report.extras import WORKLOAD_EXTRAS  # they build on this module
+
         blocks += WORKLOAD_EXTRAS.get(str(workload), lambda c, r: [])(ctx, rows)
         sections.append(Section(f"Workload: {workload}", blocks, anchor=f"workload-{workload}"))
     return sections
@@ -388,7 +394,7 @@ def _size_axis(params: list[dict[str, Any]], work: pd.Series) -> tuple[str, list
 
 def _size_charts(ctx: Context, rows: pd.DataFrame) -> list[Chart]:
     charts = []
-    for (backend, dtype), panel in rows.groupby(["backend", "dtype"], sort=True):
+    for (backend, dtype, mode), panel in rows.groupby(["backend", "dtype", "mode"], sort=True):
         params = [parse_params(p) for p in panel["params"]]
         work = panel["flops"].where(panel["flops"] > 0, panel["bytes"])
         x_label, xs = _size_axis(params, work)
@@ -397,7 +403,8 @@ def _size_charts(ctx: Context, rows: pd.DataFrame) -> list[Chart]:
         values, unit = throughput(panel)
         panel = panel.assign(_x=xs, _y=values.to_numpy())
         series = _machine_series(ctx, panel, lambda x, y, unit=unit: f"{y:.4g} {unit}")
-        charts.append(Chart(xy_chart(series, f"{backend} {dtype}", x_label, unit)))
+        title = " ".join(str(part) for part in (backend, dtype, mode) if part)
+        charts.append(Chart(xy_chart(series, title, x_label, unit)))
     return charts
 
 
@@ -523,23 +530,23 @@ def _rooflines(ctx: Context, ok: pd.DataFrame) -> list[Block]:
 
 
 def _best_table(ctx: Context, rows: pd.DataFrame) -> Table:
+    """The fastest case per machine, device, backend, dtype and mode; the implementation that
+    ran it, and its throughput under a second FLOP convention where the workload has one."""
+    best = best_rows(rows, by=("mode",))
+    alt = best["tflops_alt"].notna().any()
     body = []
-    for row in best_rows(rows).to_dict("records"):
+    for row in best.to_dict("records"):
         value, unit = row_throughput(row)
-        body.append(
-            [
-                ctx.labels[str(row["machine_id"])],
-                device_label(row),
-                row["variant"],
-                row["backend"],
-                row["dtype"],
-                f"{value:.4g} {unit}",
-                percent_of_peak(row, ctx.peak_of),
-                shape(row["params"]),
-            ]
-        )
-    header = ["machine", "device", "variant", "backend", "dtype", "best", "% of datasheet peak"]
-    return Table([*header, "case"], body)
+        cells = [ctx.labels[str(row["machine_id"])], device_label(row), row["variant"]]
+        cells += [row["backend"], row["impl"] or "", row["dtype"], f"{value:.4g} {unit}"]
+        if alt:
+            alt_tflops = row["tflops_alt"]
+            convention = row["flops_alt_convention"]
+            cells.append(f"{alt_tflops:.4g} ({convention})" if _present(alt_tflops) else "")
+        body.append([*cells, percent_of_peak(row, ctx.peak_of), shape(row["params"])])
+    header = ["machine", "device", "variant", "backend", "impl", "dtype", "best"]
+    header += ["best, second convention"] if alt else []
+    return Table([*header, "% of datasheet peak", "case"], body)
 
 
 def cost(ctx: Context) -> list[Section]:
@@ -637,8 +644,6 @@ def unread_files(ctx: Context) -> list[Section]:
         return []
     return [Section("Files not read", [Text(w) for w in ctx.loaded.warnings], anchor="unread")]
 
-
-WORKLOAD_EXTRAS: dict[str, Callable[[Context, pd.DataFrame], list[Block]]] = {}
 
 SECTIONS: list[Callable[[Context], list[Section]]] = [
     machines,

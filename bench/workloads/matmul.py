@@ -119,7 +119,15 @@ def setup(bk: Any, device: str, dtype: str, p: dict[str, Any], seed: int) -> Pre
         ref = np.einsum("...ik,...kj->...ij", a_rows, b_cols)
         return relative_error(got, ref)
 
-    return Prepared(run=run, check=check, tolerance=TOLERANCE[dtype])
+    return Prepared(run=run, check=check, tolerance=TOLERANCE[dtype], impl=_impl(bk.name, dtype))
+
+
+def _impl(backend: str, dtype: str) -> str:
+    if backend == "torch":
+        return {"int8": "torch._int_mm", "float8_e4m3": "torch._scaled_mm"}.get(
+            dtype, "torch.matmul"
+        )
+    return {"jax": "jnp.matmul", "cupy": "cupy.matmul"}[backend]
 
 
 def _nothing() -> None:

@@ -1,0 +1,164 @@
+"""Blocks for workloads that need more than the generic throughput-against-size section:
+`WORKLOAD_EXTRAS[workload](ctx, rows)` gets the workload's rows (every status) and returns blocks
+appended to its section.
+
+- attention: throughput and peak memory against sequence length, one line per implementation
+  (naive materialises the S_q×S_k scores, fused kernels do not), and where each ran out of memory;
+- conv: throughput per layer of each network's shape set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+
+from bench.report.load import ok_rows
+from bench.report.sections import (
+    MAX_BARS,
+    MAX_SERIES_PER_CHART,
+    Block,
+    Chart,
+    Charts,
+    Context,
+    Table,
+    Text,
+    device_label,
+    gib,
+    parse_params,
+)
+from bench.report.svg import PALETTE, Bar, Series, bar_chart, xy_chart
+
+ATTENTION_SHAPE = ("batch", "heads", "head_dim")  # what stays fixed along a sequence sweep
+
+
+def _with_params(rows: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
+    """`rows` plus one column per params key (None where a row lacks it)."""
+    params = [parse_params(p) for p in rows["params"]]
+    return rows.assign(**{key: [p.get(key) for p in params] for key in keys})
+
+
+def _machine_device(ctx: Context, row: Any) -> str:
+    return f"{ctx.labels[str(row['machine_id'])]} · {device_label(row)}"
+
+
+def attention(ctx: Context, rows: pd.DataFrame) -> list[Block]:
+    keys = ("seq_q", "seq_k", "causal", *ATTENTION_SHAPE)
+    frame = _with_params(rows, keys)
+    frame = frame[frame["seq_k"].notna()]
+    ok = ok_rows(frame)
+    charts: list[Chart] = []
+    panels = ["backend", "dtype", "mode", "causal"]
+    for (backend, dtype, mode, causal), panel in ok.groupby(panels, sort=True):
+        if panel["seq_k"].nunique() < 2:
+            continue
+        name = f"{backend} {dtype} {mode}{' causal' if causal else ''}"
+        unit = "TOPS" if dtype == "int8" else "TFLOP/s"
+        speed = _impl_series(ctx, panel, "tflops", lambda y, unit=unit: f"{y:.4g} {unit}")
+        charts.append(Chart(xy_chart(speed, name, "sequence length (keys)", unit)))
+        memory = _impl_series(
+            ctx, panel.assign(_gib=panel["peak_mem_bytes"] / 2**30), "_gib", "{:.3g} GiB".format
+        )
+        charts.append(Chart(xy_chart(memory, f"{name}: peak memory", "sequence length", "GiB")))
+    blocks: list[Block] = []
+    if charts:
+        blocks.append(
+            Charts(
+                charts,
+                "Attention against sequence length, one line per implementation (variant) and "
+                "shape: throughput, then the peak memory of the case (allocator peak on GPUs, "
+                "process high-water mark on CPUs). The naive variant materialises the "
+                "S_q×S_k score matrix, so its memory grows with the square of the length; the "
+                "fused kernels' grows linearly.",
+            )
+        )
+    oom = _out_of_memory_table(ctx, frame)
+    if oom is not None:
+        blocks.append(oom)
+    return blocks
+
+
+def _impl_series(
+    ctx: Context, panel: pd.DataFrame, column: str, tip: Callable[[float], str]
+) -> list[Series]:
+    """One series per machine, device, implementation and fixed shape; coloured by
+    implementation (machines after the first dashed), at most MAX_SERIES_PER_CHART."""
+    impls = sorted(ok_rows(ctx.cases[ctx.cases["workload"] == "attention"])["variant"].unique())
+    series = []
+    groups = ["machine_id", "device_kind", "variant", *ATTENTION_SHAPE]
+    for (machine_id, _kind, variant, *shape), line in panel.groupby(groups, sort=True):
+        line = line[(line[column] > 0) & line[column].notna()].sort_values("seq_k")
+        if line.empty:
+            continue
+        first = line.iloc[0]
+        shape_text = " ".join(f"{k[0]}={v}" for k, v in zip(ATTENTION_SHAPE, shape, strict=True))
+        name = f"{_machine_device(ctx, first)} · {variant} {shape_text}"
+        points = list(zip(line["seq_k"].astype(float), line[column].astype(float), strict=True))
+        color = PALETTE[impls.index(variant) % len(PALETTE)] if variant in impls else PALETTE[0]
+        tips = [f"{name} seq {int(x)}: {tip(y)}" for x, y in points]
+        dashed = str(machine_id) != ctx.baseline
+        series.append(Series(name, color, points, dashed=dashed, tips=tips))
+    return series[:MAX_SERIES_PER_CHART]
+
+
+def _out_of_memory_table(ctx: Context, frame: pd.DataFrame) -> Table | None:
+    """Per sweep with an out-of-memory case: the longest sequence that ran, its peak memory,
+    and the shortest that ran out of memory."""
+    sweeps = ["machine_id", "device_kind", "backend", "variant", "dtype", "mode", "causal"]
+    sweeps += list(ATTENTION_SHAPE)
+    body = []
+    for _, sweep in frame.groupby(sweeps, sort=True, dropna=False):
+        oom = sweep[sweep["status"] == "oom"]
+        if oom.empty:
+            continue
+        ran = ok_rows(sweep)
+        longest = ran.loc[ran["seq_k"].idxmax()] if not ran.empty else None
+        first = sweep.iloc[0]
+        body.append(
+            [
+                _machine_device(ctx, first),
+                first["backend"],
+                first["variant"],
+                first["dtype"],
+                f"{first['mode']}{' causal' if first['causal'] else ''}",
+                " ".join(f"{k}={first[k]}" for k in ATTENTION_SHAPE),
+                "" if longest is None else int(longest["seq_k"]),
+                "" if longest is None else gib(longest["peak_mem_bytes"]),
+                int(oom["seq_k"].min()),
+            ]
+        )
+    if not body:
+        return None
+    header = ["device", "backend", "variant", "dtype", "mode", "shape", "longest that ran"]
+    return Table([*header, "its peak memory", "shortest out of memory"], body)
+
+
+def conv(ctx: Context, rows: pd.DataFrame) -> list[Block]:
+    frame = _with_params(ok_rows(rows), ("layer",))
+    frame = frame[frame["layer"].notna()]
+    charts = []
+    panels = ["variant", "backend", "dtype", "mode"]
+    for (variant, backend, dtype, mode), panel in frame.groupby(panels, sort=True):
+        if panel["layer"].nunique() < 2:
+            continue
+        bars = []
+        # Layers in the network's order (the suite's), each machine's bar under it.
+        for layer in dict.fromkeys(panel["layer"]):
+            for row in panel[panel["layer"] == layer].to_dict("records"):
+                label = f"{layer} · {ctx.labels[str(row['machine_id'])]} {device_label(row)}"
+                tip = f"{label}: {row['tflops']:.4g} TFLOP/s ({row['impl'] or ''})"
+                color = ctx.colors[str(row["machine_id"])]
+                bars.append(Bar(label, float(row["tflops"]), color=color, tip=tip))
+        title = f"{variant}: {backend} {dtype} {mode}"
+        charts.append(Chart(bar_chart(bars[:MAX_BARS], title, "TFLOP/s", reference=None)))
+    if not charts:
+        return []
+    caption = "Convolution throughput per layer of each network's shape set."
+    return [Text(caption), *charts] if len(charts) == 1 else [Charts(charts, caption)]
+
+
+WORKLOAD_EXTRAS: dict[str, Callable[[Context, pd.DataFrame], list[Block]]] = {
+    "attention": attention,
+    "conv": conv,
+}
