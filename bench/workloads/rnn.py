@@ -187,10 +187,15 @@ def flops_deepbench(p: dict[str, Any]) -> int:
     return MODE_FACTOR[p["mode"]] * p["layers"] * 2 * g * t * b * h * h
 
 
+def weight_shapes(p: dict[str, Any]) -> list[tuple[int, ...]]:
+    """Per layer W_ih, W_hh, b_ih, b_hh: torch's layout and order."""
+    gh, h = GATES[p["cell"]] * p["hidden"], p["hidden"]
+    return [s for i in _layer_inputs(p) for s in ((gh, i), (gh, h), (gh,), (gh,))]
+
+
 def weight_count(p: dict[str, Any]) -> int:
     """Elements of every weight and bias: per layer G·H·(input_l + H) + 2·G·H."""
-    gh, h = GATES[p["cell"]] * p["hidden"], p["hidden"]
-    return sum(gh * (i + h) + 2 * gh for i in _layer_inputs(p))
+    return sum(math.prod(shape) for shape in weight_shapes(p))
 
 
 def bytes_moved(p: dict[str, Any], dtype: str) -> int:
@@ -446,22 +451,32 @@ def reference(cell: str, mode: str, x: Any, weights: list[Any], dy: Any) -> tupl
 @dataclass(frozen=True)
 class Inputs:
     x: Any  # seq × batch × input
-    weights: list[Any]  # per layer W_ih, W_hh, b_ih, b_hh (torch's layout and order)
+    flat: Any  # every weight and bias, flattened one after the other (see `unflatten`)
     dy: Any  # seq × batch × hidden, the upstream gradient of y (train), else None
+
+
+def unflatten(flat: Any, p: dict[str, Any]) -> list[Any]:
+    """The weights as views of the flat vector (NumPy, torch, CuPy; slices in a jax trace)."""
+    weights, start = [], 0
+    for shape in weight_shapes(p):
+        size = math.prod(shape)
+        weights.append(flat[start : start + size].reshape(shape))
+        start += size
+    return weights
 
 
 def make_inputs(bk: Any, device: str, dtype: str, p: dict[str, Any], seed: int) -> Inputs:
     """Seeded normal draws in the dtype; weights and biases scaled by 1/sqrt(hidden), the
-    spread of torch's own initialisation, so that the gates do not saturate."""
+    spread of torch's own initialisation, so that the gates do not saturate. One draw, sliced:
+    a backend may compile its generator per shape (jax does, 0.5-2 s each on a small CPU)."""
     t, b, h = p["seq"], p["batch"], p["hidden"]
-    gh, scale = GATES[p["cell"]] * h, 1 / math.sqrt(h)
-    x = bk.randn((t, b, p["input"]), dtype, device, seed)
-    shapes = [s for i in _layer_inputs(p) for s in ((gh, i), (gh, h), (gh,), (gh,))]
-    weights = [bk.randn(s, dtype, device, seed + 1 + k) * scale for k, s in enumerate(shapes)]
-    dy = (
-        bk.randn((t, b, h), dtype, device, seed + 1 + len(shapes)) if p["mode"] == "train" else None
-    )
-    return Inputs(x, weights, dy)
+    n_x, n_w = t * b * p["input"], weight_count(p)
+    n_dy = t * b * h if p["mode"] == "train" else 0
+    draw = bk.randn((n_x + n_w + n_dy,), dtype, device, seed)
+    x = draw[:n_x].reshape(t, b, p["input"])
+    flat = draw[n_x : n_x + n_w] * (1 / math.sqrt(h))
+    dy = draw[n_x + n_w :].reshape(t, b, h) if n_dy else None
+    return Inputs(x, flat, dy)
 
 
 def check_params(p: dict[str, Any]) -> dict[str, Any]:
@@ -482,7 +497,7 @@ def setup(bk: Any, device: str, dtype: str, p: dict[str, Any], seed: int) -> Pre
         out = small_run()
         bk.sync(out)
         host = [None if a is None else bk.take(a, (None,) * a.ndim) for a in (small.x, small.dy)]
-        weights = [bk.take(w, (None,) * w.ndim) for w in small.weights]
+        weights = unflatten(bk.take(small.flat, (None,)), q)
         ref = reference(p["cell"], p["mode"], host[0], weights, host[1])
         got = [bk.take(a, (None,) * a.ndim) for a in out]
         if len(got) != len(ref):
@@ -504,7 +519,7 @@ def _torch(bk: Any, device: str, dtype: str, p: dict[str, Any], inputs: Inputs) 
     module = module.to(device=device, dtype=inputs.x.dtype)
     params = [getattr(module, name) for name in _torch_names(p["layers"])]
     with torch.no_grad():
-        for param, w in zip(params, inputs.weights, strict=True):
+        for param, w in zip(params, unflatten(inputs.flat, p), strict=True):
             param.copy_(w)
     if inputs.x.is_cuda:
         module.flatten_parameters()  # one contiguous weight buffer, as cuDNN wants
@@ -591,7 +606,7 @@ def _jax(bk: Any, device: str, dtype: str, p: dict[str, Any], inputs: Inputs) ->
         (h, c), ys = jax.lax.scan(step, (h0, c0), xw)
         return ys, h, c
 
-    def stack(x: Any, weights: tuple[Any, ...]) -> tuple[Any, ...]:
+    def stack(x: Any, weights: list[Any]) -> tuple[Any, ...]:
         hs, cs = [], []
         for k in range(0, len(weights), 4):
             x, h, c = layer(x, *weights[k : k + 4])
@@ -600,25 +615,25 @@ def _jax(bk: Any, device: str, dtype: str, p: dict[str, Any], inputs: Inputs) ->
         states = (jnp.stack(hs),) + ((jnp.stack(cs).astype(x.dtype),) if cell == "lstm" else ())
         return (x, *states)
 
-    weights = tuple(inputs.weights)
     if p["mode"] == "forward":
-        f = jax.jit(stack)
-        return (lambda: f(inputs.x, weights)), "lax.scan"
+        f = jax.jit(lambda x, flat: stack(x, unflatten(flat, p)))
+        return (lambda: f(inputs.x, inputs.flat)), "lax.scan"
 
-    def train(x: Any, weights: tuple[Any, ...], dy: Any) -> tuple[Any, ...]:
-        y, pull = jax.vjp(lambda x, w: stack(x, w)[0], x, weights)
+    def train(x: Any, flat: Any, dy: Any) -> tuple[Any, ...]:
+        y, pull = jax.vjp(lambda x, w: stack(x, w)[0], x, unflatten(flat, p))
         dx, dw = pull(dy)
         return (y, dx, *dw)
 
     g = jax.jit(train)
-    return (lambda: g(inputs.x, weights, inputs.dy)), "lax.scan"
+    return (lambda: g(inputs.x, inputs.flat, inputs.dy)), "lax.scan"
 
 
 def _cupy(bk: Any, device: str, dtype: str, p: dict[str, Any], inputs: Inputs) -> Built:
     cp = bk.cupy
     acc = np.float64 if dtype == "float64" else np.float32
     gates = CupyGates(cp, p["cell"], "double" if dtype == "float64" else "float")
-    run = run_xp(cp, gates, p["cell"], p["mode"], inputs.x, inputs.weights, inputs.dy, acc)
+    weights = unflatten(inputs.flat, p)
+    run = run_xp(cp, gates, p["cell"], p["mode"], inputs.x, weights, inputs.dy, acc)
     return run, "cublas+kernel"
 
 
@@ -648,52 +663,52 @@ _KERNELS: dict[str, tuple[str, str, str, str, str, str]] = {
         "T xi, T xf, T xg, T xo, T hi, T hf, T hg, T ho, T bi, T bf, T bg, T bo, C cp",
         "T h, C c, T ai, T af, T ag, T ao",
         """
-        acc_t i = sigm((acc_t)xi + (acc_t)hi + (acc_t)bi);
-        acc_t f = sigm((acc_t)xf + (acc_t)hf + (acc_t)bf);
-        acc_t g = tanh((acc_t)xg + (acc_t)hg + (acc_t)bg);
-        acc_t o = sigm((acc_t)xo + (acc_t)ho + (acc_t)bo);
-        acc_t cn = f * (acc_t)cp + i * g;
-        c = (C)cn; h = (T)(o * tanh(cn));
-        ai = (T)i; af = (T)f; ag = (T)g; ao = (T)o;
+        acc_t gi = sigm((acc_t)xi + (acc_t)hi + (acc_t)bi);
+        acc_t gf = sigm((acc_t)xf + (acc_t)hf + (acc_t)bf);
+        acc_t gg = tanh((acc_t)xg + (acc_t)hg + (acc_t)bg);
+        acc_t go = sigm((acc_t)xo + (acc_t)ho + (acc_t)bo);
+        acc_t cn = gf * (acc_t)cp + gi * gg;
+        c = (C)cn; h = (T)(go * tanh(cn));
+        ai = (T)gi; af = (T)gf; ag = (T)gg; ao = (T)go;
         """,
         "T dy, T dhr, C dcn, T ai, T af, T ag, T ao, C ct, C cp",
         "T di, T df, T dg, T dgo, C dcp",
         """
         acc_t dh = (acc_t)dy + (acc_t)dhr;
-        acc_t i = (acc_t)ai;
-        acc_t f = (acc_t)af;
-        acc_t g = (acc_t)ag;
-        acc_t o = (acc_t)ao;
+        acc_t gi = (acc_t)ai;
+        acc_t gf = (acc_t)af;
+        acc_t gg = (acc_t)ag;
+        acc_t go = (acc_t)ao;
         acc_t tc = tanh((acc_t)ct);
-        acc_t dc = (acc_t)dcn + dh * o * (1 - tc * tc);
-        di = (T)(dc * g * i * (1 - i)); df = (T)(dc * (acc_t)cp * f * (1 - f));
-        dg = (T)(dc * i * (1 - g * g)); dgo = (T)(dh * tc * o * (1 - o));
-        dcp = (C)(dc * f);
+        acc_t dc = (acc_t)dcn + dh * go * (1 - tc * tc);
+        di = (T)(dc * gg * gi * (1 - gi)); df = (T)(dc * (acc_t)cp * gf * (1 - gf));
+        dg = (T)(dc * gi * (1 - gg * gg)); dgo = (T)(dh * tc * go * (1 - go));
+        dcp = (C)(dc * gf);
         """,
     ),
     "gru": (
         "T xr, T xz, T xn, T hr, T hz, T hn, T br, T bz, T bn, T hp",
         "T h, T ar, T az, T an, T ahn",
         """
-        acc_t r = sigm((acc_t)xr + (acc_t)hr + (acc_t)br);
-        acc_t z = sigm((acc_t)xz + (acc_t)hz + (acc_t)bz);
+        acc_t gr = sigm((acc_t)xr + (acc_t)hr + (acc_t)br);
+        acc_t gz = sigm((acc_t)xz + (acc_t)hz + (acc_t)bz);
         acc_t hb = (acc_t)hn + (acc_t)bn;
-        acc_t n = tanh((acc_t)xn + r * hb);
-        h = (T)((1 - z) * n + z * (acc_t)hp);
-        ar = (T)r; az = (T)z; an = (T)n; ahn = (T)hb;
+        acc_t gn = tanh((acc_t)xn + gr * hb);
+        h = (T)((1 - gz) * gn + gz * (acc_t)hp);
+        ar = (T)gr; az = (T)gz; an = (T)gn; ahn = (T)hb;
         """,
         "T dy, T dhr, T ar, T az, T an, T ahn, T hp",
         "T dxr, T dxz, T dxn, T dhwr, T dhwz, T dhwn, T dhd",
         """
         acc_t dh = (acc_t)dy + (acc_t)dhr;
-        acc_t r = (acc_t)ar;
-        acc_t z = (acc_t)az;
-        acc_t n = (acc_t)an;
-        acc_t dn = dh * (1 - z) * (1 - n * n);
-        acc_t dr = dn * (acc_t)ahn * r * (1 - r);
-        acc_t dz = dh * ((acc_t)hp - n) * z * (1 - z);
+        acc_t gr = (acc_t)ar;
+        acc_t gz = (acc_t)az;
+        acc_t gn = (acc_t)an;
+        acc_t dn = dh * (1 - gz) * (1 - gn * gn);
+        acc_t dr = dn * (acc_t)ahn * gr * (1 - gr);
+        acc_t dz = dh * ((acc_t)hp - gn) * gz * (1 - gz);
         dxr = (T)dr; dxz = (T)dz; dxn = (T)dn;
-        dhwr = (T)dr; dhwz = (T)dz; dhwn = (T)(dn * r); dhd = (T)(dh * z);
+        dhwr = (T)dr; dhwz = (T)dz; dhwn = (T)(dn * gr); dhd = (T)(dh * gz);
         """,
     ),
 }
