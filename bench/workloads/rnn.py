@@ -516,7 +516,8 @@ def _torch(bk: Any, device: str, dtype: str, p: dict[str, Any], inputs: Inputs) 
     torch = bk.torch
     cell, train = p["cell"], p["mode"] == "train"
     module = _torch_module(torch, cell, p["input"], p["hidden"], p["layers"])
-    module = module.to(device=device, dtype=inputs.x.dtype)
+    # eval() for inference: cuDNN otherwise runs its training forward (with a reserve space).
+    module = module.to(device=device, dtype=inputs.x.dtype).train(train)
     params = [getattr(module, name) for name in _torch_names(p["layers"])]
     with torch.no_grad():
         for param, w in zip(params, unflatten(inputs.flat, p), strict=True):
