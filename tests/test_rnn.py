@@ -84,8 +84,8 @@ def _torch_tensors(p: dict, seed: int) -> tuple[torch.Tensor, list, torch.Tensor
     x = rng.standard_normal((p["seq"], p["batch"], p["input"]))
     ws = _weights(rng, p["cell"], p["input"], p["hidden"], p["layers"])
     h0 = np.zeros((p["layers"], p["batch"], p["hidden"]))
-    as_t = lambda a: torch.tensor(a, requires_grad=True)  # noqa: E731
-    return as_t(x), [as_t(w) for w in ws], as_t(h0)
+    leaves = [torch.tensor(a, requires_grad=True) for a in (x, h0, *ws)]
+    return leaves[0], leaves[2:], leaves[1]
 
 
 shapes = st.fixed_dictionaries(
@@ -541,7 +541,7 @@ def test_bench_run_on_cpu(
     capsys: pytest.CaptureFixture[str], write_suite: Callable[..., Path], tmp_path: Path
 ) -> None:
     """torch and jax, a small LSTM, forward and train, into parquet (tf32: skipped on CPUs)."""
-    shape = {"batch": 4, "seq": 6, "input": 12, "hidden": 16, "layers": 1}
+    shape = {"batch": 2, "seq": 4, "input": 6, "hidden": 8, "layers": 1}
     suite = write_suite(
         [
             {
@@ -599,5 +599,8 @@ def test_gpu_checks(dtype: str, cell: str, mode: str) -> None:
             prepared = rnn.setup(bk, "cuda:0", dtype, p, seed=3)
         except Unsupported:
             continue
-        assert prepared.impl == {"torch": "cudnn", "cupy": "cublas+kernel"}[name]
+        if name == "cupy":
+            assert prepared.impl == "cublas+kernel"
+        elif dtype in ("float32", "tf32", "float16"):
+            assert prepared.impl == "cudnn"  # bfloat16 may fall back to torch's per-step GEMMs
         assert prepared.check() <= prepared.tolerance, (name, dtype, cell, mode)
