@@ -562,13 +562,27 @@ def test_unsupported_cases_are_skipped_rows(
 
 def test_a_refused_pinned_torch_kernel_is_unsupported_with_torch_reasons() -> None:
     def refused() -> None:
-        warnings.warn(
-            "Flash attention requires head_dim <= 256 (Triggered internally at x)", stacklevel=1
-        )
+        # What torch 2.x warns on CUDA with only the flash kernel enabled, then raises.
+        for line in (
+            "Memory efficient kernel not used because:",
+            "Memory Efficient attention has been runtime disabled.",
+            "Flash attention kernel not used because:",
+            "Flash attention requires head_dim <= 256 (Triggered internally at sdp_utils.cpp:1)",
+            "Flash attention only supports gpu architectures in the range [sm80, sm121].",
+            "CuDNN attention kernel not used because:",
+            "CuDNN attention has been runtime disabled.",
+        ):
+            warnings.warn(line, stacklevel=1)
         raise RuntimeError("No available kernel. Aborting execution.")
 
-    with pytest.raises(Unsupported, match=r"flash SDPA kernel refuses .*head_dim <= 256$"):
+    with pytest.raises(Unsupported) as info:
         attention._try_torch_kernel(refused, "flash")
+    assert str(info.value) == (
+        "torch's flash SDPA kernel refuses this case: Flash attention requires head_dim <= 256; "
+        "Flash attention only supports gpu architectures in the range [sm80, sm121]."
+    )
+    with pytest.raises(Unsupported, match=r"cudnn SDPA kernel refuses this case: CuDNN .*disabled"):
+        attention._try_torch_kernel(refused, "cudnn")
 
     def out_of_memory() -> None:
         raise torch.OutOfMemoryError("CUDA out of memory")

@@ -91,6 +91,8 @@ TORCH_KERNELS = {
     "math": "MATH",
 }
 NO_KERNEL = ("No available kernel", "No viable backend")
+# Before raising, torch warns "<kernel> not used because:" for each kernel, then its reasons.
+KERNEL_HEADERS = {"flash": "flash attention", "efficient": "memory efficient", "cudnn": "cudnn"}
 JAX_IMPLS = {"xla": "xla", "cudnn": "cudnn", "auto": None}
 
 
@@ -253,7 +255,7 @@ def setup(bk: Any, device: str, dtype: str, p: dict[str, Any], seed: int) -> Pre
         if small == p:  # a small case checks its own call (jax compiles once, as matmul does)
             inputs, out = full_inputs, run()
         else:
-            inputs = draw(bk, device, dtype, small, seed)
+            inputs = shrink(bk.name, full_inputs, small)
             out = build(bk, device, dtype, small, inputs)()
         bk.sync(out)
         got = [_host(bk, x) for x in (out if isinstance(out, tuple) else (out,))]
@@ -321,6 +323,18 @@ def draw(bk: Any, device: str, dtype: str, p: dict[str, Any], seed: int) -> Inpu
     return q, k, v, do
 
 
+def shrink(backend: str, inputs: Inputs, small: dict[str, Any]) -> Inputs:
+    """The leading batch, heads and seq entries of the case's inputs: the check's inputs,
+    without new draws (in jax each new shape of a random draw compiles, ~1 s on a CPU)."""
+    b, h, sq, sk = small["batch"], small["heads"], small["seq_q"], small["seq_k"]
+
+    def cut(x: Any, s: int) -> Any:
+        return x[:b, :s, :h] if backend == "jax" else x[:b, :h, :s]
+
+    q, k, v, do = inputs
+    return cut(q, sq), cut(k, sk), cut(v, sk), None if do is None else cut(do, sq)
+
+
 def _host(bk: Any, x: Any) -> np.ndarray:
     return bk.take(x, (None,) * x.ndim)
 
@@ -331,7 +345,8 @@ def _torch(bk: Any, device: str, dtype: str, p: dict[str, Any], inputs: Inputs) 
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     train, impl = p["mode"] == "train", p["impl"]
-    q, k, v, do = (x.detach().requires_grad_(train) if x is not None else x for x in inputs)
+    q, k, v = (x.detach().contiguous().requires_grad_(train) for x in inputs[:3])
+    do = None if inputs[3] is None else inputs[3].contiguous()
     attend: Callable[[Any, Any, Any], Any]
     if impl == "naive":
         above = None
@@ -371,9 +386,15 @@ def _try_torch_kernel(run: Callable[[], Any], impl: str) -> None:
         except RuntimeError as exc:
             if not any(s in str(exc) for s in NO_KERNEL):
                 raise
-            # torch warns once per refused kernel with its reasons, then raises.
-            said = [str(w.message).split(" (Triggered internally")[0] for w in caught]
-            why = "; ".join(s.strip() for s in said if s.strip()) or str(exc).splitlines()[0]
+            said = [str(w.message).split(" (Triggered internally")[0].strip() for w in caught]
+            mine: list[str] = []
+            ours = False
+            for line in said:
+                if line.endswith("not used because:"):
+                    ours = line.lower().startswith(KERNEL_HEADERS[impl])
+                elif ours and line:
+                    mine.append(line)
+            why = "; ".join(mine or [s for s in said if s]) or str(exc).splitlines()[0]
             message = f"torch's {impl} SDPA kernel refuses this case: {why}"
             raise Unsupported(message[:400]) from None
 
@@ -401,8 +422,9 @@ def _jax(bk: Any, device: str, dtype: str, p: dict[str, Any], inputs: Inputs) ->
         try:  # tracing and lowering allocate no device memory: any error here is a refusal
             f.lower(*inputs)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise Unsupported(f"jax's cuDNN attention refuses this case: {first}"[:400]) from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            why = f"{type(exc).__name__}: {first}"
+            raise Unsupported(f"jax's cuDNN attention refuses this case: {why}"[:400]) from None
     return partial(f, *inputs)
 
 
