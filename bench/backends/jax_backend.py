@@ -7,6 +7,7 @@ by `block_until_ready()`, as METHOD.md describes.
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import os
 from typing import Any
 
@@ -20,6 +21,9 @@ from bench.measure import HostTimer
 JAX_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
 # JAX's CUDA plugins, newest first, as jax._src.lib looks for them.
 CUDA_PLUGINS = ("jax-cuda13-plugin", "jax-cuda12-plugin")
+# Inputs up to this many elements (16 MiB in float32) are drawn with NumPy and copied over;
+# larger ones on the device, where drawing is fast and the host copy would not be.
+HOST_DRAW_MAX_ELEMENTS = 2**22
 
 
 class Backend:
@@ -93,9 +97,15 @@ class Backend:
 
     def randn(self, shape: tuple[int, ...], dtype: str, device: str, seed: int) -> Any:
         jax = self.jax
+        native = self.native_dtype(dtype, device)
+        if math.prod(shape) <= HOST_DRAW_MAX_ELEMENTS:
+            # Drawn on the host: jax.random compiles its ops for every new shape (~1 s on a CPU,
+            # more than a small case's whole measurement).
+            host = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+            return jax.device_put(host.astype(native), self._device(device)).block_until_ready()
         with jax.default_device(self._device(device)):
             x = jax.random.normal(jax.random.key(seed), shape, dtype=self.jnp.float32)
-            return x.astype(self.native_dtype(dtype, device)).block_until_ready()
+            return x.astype(native).block_until_ready()
 
     def randint8(self, shape: tuple[int, ...], device: str, seed: int) -> Any:
         jax = self.jax

@@ -122,7 +122,7 @@ class Backend:
                     x = t.index_select(x.view(t.uint8), axis, index).view(x.dtype)
                 else:
                     x = t.index_select(x, axis, index)
-        return x.to(t.float64).cpu().numpy()
+        return x.detach().to(t.float64).cpu().numpy()
 
     def sync(self, out: Any) -> None:
         """Wait for `out`: a tensor, or a tuple or list of them (a forward and backward pass)."""
