@@ -296,3 +296,19 @@ def test_jax_resource_exhausted_is_oom(jax_backend: Any, monkeypatch: pytest.Mon
 def test_outcome_rejects_an_unknown_status() -> None:
     with pytest.raises(ValueError, match="unknown status"):
         Outcome("fine")
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (2**11, 2**11 + 1)])  # host draw, device draw
+def test_jax_inputs_are_seeded_normal_draws_in_the_dtype(jax_backend: Any, shape: Any) -> None:
+    from bench.backends.jax_backend import HOST_DRAW_MAX_ELEMENTS
+
+    assert (np.prod(shape) <= HOST_DRAW_MAX_ELEMENTS) == (shape == (3, 5))
+    x = jax_backend.randn(shape, "bfloat16", "cpu", 11)
+    assert x.shape == shape and x.dtype == jax_backend.jnp.bfloat16
+    again = jax_backend.take(jax_backend.randn(shape, "bfloat16", "cpu", 11), (None, None))
+    values = jax_backend.take(x, (None, None))
+    np.testing.assert_array_equal(values, again)  # seeded: the same inputs every run
+    other = jax_backend.take(jax_backend.randn(shape, "bfloat16", "cpu", 12), (None, None))
+    assert not np.array_equal(values, other)
+    if values.size > 1000:
+        assert abs(values.mean()) < 0.01 and abs(values.std() - 1) < 0.01
