@@ -30,7 +30,8 @@ from bench.report.sections import (
 )
 from bench.report.svg import PALETTE, Bar, Series, bar_chart, xy_chart
 
-ATTENTION_SHAPE = ("batch", "heads", "head_dim")  # what stays fixed along a sequence sweep
+# What stays fixed along a sequence sweep, and its short name in legends ("b1 h32 d128").
+ATTENTION_SHAPE = {"batch": "b", "heads": "h", "head_dim": "d"}
 
 
 def _with_params(rows: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
@@ -92,7 +93,7 @@ def _impl_series(
         if line.empty:
             continue
         first = line.iloc[0]
-        shape_text = " ".join(f"{k[0]}={v}" for k, v in zip(ATTENTION_SHAPE, shape, strict=True))
+        shape_text = _shape_text(dict(zip(ATTENTION_SHAPE, shape, strict=True)))
         name = f"{_machine_device(ctx, first)} · {variant} {shape_text}"
         points = list(zip(line["seq_k"].astype(float), line[column].astype(float), strict=True))
         color = PALETTE[impls.index(variant) % len(PALETTE)] if variant in impls else PALETTE[0]
@@ -100,6 +101,10 @@ def _impl_series(
         dashed = str(machine_id) != ctx.baseline
         series.append(Series(name, color, points, dashed=dashed, tips=tips))
     return series[:MAX_SERIES_PER_CHART]
+
+
+def _shape_text(values: Any) -> str:
+    return " ".join(f"{short}{values[key]}" for key, short in ATTENTION_SHAPE.items())
 
 
 def _out_of_memory_table(ctx: Context, frame: pd.DataFrame) -> Table | None:
@@ -122,7 +127,7 @@ def _out_of_memory_table(ctx: Context, frame: pd.DataFrame) -> Table | None:
                 first["variant"],
                 first["dtype"],
                 f"{first['mode']}{' causal' if first['causal'] else ''}",
-                " ".join(f"{k}={first[k]}" for k in ATTENTION_SHAPE),
+                _shape_text(first),
                 "" if longest is None else int(longest["seq_k"]),
                 "" if longest is None else gib(longest["peak_mem_bytes"]),
                 int(oom["seq_k"].min()),
