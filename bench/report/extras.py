@@ -58,9 +58,10 @@ def attention(ctx: Context, rows: pd.DataFrame) -> list[Block]:
         unit = "TOPS" if dtype == "int8" else "TFLOP/s"
         speed = _impl_series(ctx, panel, "tflops", lambda y, unit=unit: f"{y:.4g} {unit}")
         charts.append(Chart(xy_chart(speed, name, "sequence length (keys)", unit)))
-        memory = _impl_series(
-            ctx, panel.assign(_gib=panel["peak_mem_bytes"] / 2**30), "_gib", "{:.3g} GiB".format
-        )
+        # A peak that cannot be reset per case (XLA's on GPUs) says nothing about one case.
+        per_case = ~panel["peak_mem_source"].fillna("").str.contains("lifetime")
+        gib_used = (panel["peak_mem_bytes"] / 2**30).where(per_case)
+        memory = _impl_series(ctx, panel.assign(_gib=gib_used), "_gib", "{:.3g} GiB".format)
         charts.append(Chart(xy_chart(memory, f"{name}: peak memory", "sequence length", "GiB")))
     blocks: list[Block] = []
     if charts:
@@ -69,9 +70,10 @@ def attention(ctx: Context, rows: pd.DataFrame) -> list[Block]:
                 charts,
                 "Attention against sequence length, one line per implementation (variant) and "
                 "shape: throughput, then the peak memory of the case (allocator peak on GPUs, "
-                "process high-water mark on CPUs). The naive variant materialises the "
-                "S_q×S_k score matrix, so its memory grows with the square of the length; the "
-                "fused kernels' grows linearly.",
+                "process high-water mark on CPUs; not drawn where the peak covers a worker's "
+                "lifetime rather than the case, as XLA's on GPUs). The naive variant "
+                "materialises the S_q×S_k score matrix, so its memory grows with the square of "
+                "the length; the fused kernels' grows linearly.",
             )
         )
     oom = _out_of_memory_table(ctx, frame)
