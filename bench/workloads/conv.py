@@ -6,24 +6,28 @@ set's name, each layer one point named by its `layer` parameter), or from explic
 (variant `custom`). Every point is run at each `batch`, in each of `layouts` (NCHW, or NHWC =
 channels-last), `modes` and `autotune` settings.
 
-FLOPs (METHOD.md, the same as torch's FlopCounterMode): 2·N·C_out·(C_in/groups)·R·S·P·Q for
-the forward pass, P×Q the output size; training adds the input gradient and the weight gradient,
-each as many FLOPs as the forward: 3× in all. Bytes: input, weight and output once; training
-adds the backward's reads (upstream gradient, input, weight) and writes (both gradients).
+FLOPs (METHOD.md): 2·N·C_out·(C_in/groups)·R·S·P·Q for the forward pass, P×Q the output size;
+training adds the input gradient and the weight gradient, each as many FLOPs as the forward:
+3× in all. torch's FlopCounterMode agrees, except that it counts a grouped weight gradient
+`groups` times over (tests/test_conv.py). Bytes: input, weight and output once; training adds
+the backward's reads (upstream gradient, input, weight) and writes (both gradients).
 
 Implementations: torch `conv2d` (cuDNN on GPUs, `cudnn.benchmark` as the `autotune` option;
-on CPUs oneDNN or ATen's own im2col, as torch picks), jax `lax.conv_general_dilated` (XLA,
-training through `jax.vjp`, all jitted), and cupy an explicit im2col + GEMM written against
-the array module `xp` (below), which run with NumPy in float64 is also the reference of every
-check. CuPy's cuDNN wrappers (`cupyx.cudnn`) were deprecated in CuPy 13 and removed in CuPy 14
-(its release notes: "All cuDNN-related functionality has been completely removed"), and the
-CUDA 13 builds of CuPy 13 cannot load a cuDNN: CuPy has no convolution of its own to call.
+on CPUs oneDNN or ATen's own im2col, as torch picks; `impl` names it), jax
+`lax.conv_general_dilated` (XLA; training through `jax.vjp`; jitted), and cupy an explicit
+im2col + GEMM written against the array module `xp` (below), which run with NumPy in float64
+is also the reference of every check. CuPy has no convolution to call instead: its cuDNN
+wrappers (`cupyx.cudnn`, deprecated in CuPy 13) are gone from CuPy 14 ("All cuDNN-related
+functionality has been completely removed", its release notes), the CuPy this project installs.
+
+The check runs the same code on a crop of the timed inputs (batch <= 2, at most 8×8 outputs;
+same weight, channels, kernel, stride, padding and groups) against `reference`.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, NamedTuple
@@ -411,7 +415,7 @@ def _interior(a: Any, c: Conv, layout: str) -> Any:
     return a[:, :, rows, cols] if layout == "nchw" else a[:, rows, cols, :]
 
 
-def _windows(c: Conv) -> Any:
+def _windows(c: Conv) -> Iterator[tuple[int, int, slice, slice]]:
     """For each kernel offset (r, s): the rows and columns of the padded input it reads."""
     last_p, last_q = c.stride * (c.p - 1) + 1, c.stride * (c.q - 1) + 1
     for r, s in itertools.product(range(c.kernel), repeat=2):
@@ -470,8 +474,9 @@ def im2col_backward(
     padded = xp.zeros(_padded_shape(c, layout), dtype=acc_dtype)
     target = _channels_view(padded, c.groups, layout)
     for r, s, rows, columns in _windows(c):
-        target[:, :, :, rows, columns] += grad_cols[:, :, r, s].transpose(2, 0, 1, 3, 4)
-    grad_x = xp.ascontiguousarray(_interior(padded, c, layout)).astype(grad_out.dtype)
+        window = target[:, :, :, rows, columns]  # a view: += adds in place, with no copy back
+        window += grad_cols[:, :, r, s].transpose(2, 0, 1, 3, 4)
+    grad_x = _interior(padded, c, layout).astype(grad_out.dtype, order="C")
     return grad_x, grad_w.reshape(w.shape).astype(w.dtype, copy=False)
 
 
