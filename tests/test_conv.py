@@ -539,10 +539,15 @@ def test_jax_other_dtypes_and_layouts_pass(
     _check(jax_drawn_on_host, dtype, _point(variant, mode, layout))
 
 
+# float16 on the layers NumPy multiplies quickly: its float16 GEMM has no BLAS.
+CUPY_CASES = [("float32", v) for v in LAYERS] + [
+    ("float16", v) for v in ("depthwise", "small", "custom")
+]
+
+
 @pytest.mark.parametrize("layout", conv.LAYOUTS)
 @pytest.mark.parametrize("mode", conv.MODES)
-@pytest.mark.parametrize("variant", list(LAYERS))
-@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+@pytest.mark.parametrize(("dtype", "variant"), CUPY_CASES)
 def test_cupy_builder_check_passes_over_numpy(
     dtype: str, variant: str, mode: str, layout: str
 ) -> None:
@@ -733,7 +738,7 @@ def test_bench_run_writes_conv_rows(
                 "devices": ["cpu"],
                 "dtypes": ["float32"],
                 "nets": ["small"],
-                "layers": ["cifar.3x3-32@32-s2", "dw3x3-128@16"],
+                "layers": ["cifar.3x3-32@32-s2"],
                 "shapes": [{"c_in": 8, "c_out": 8, "h": 9, "w": 9, "kernel": 3, "padding": 1}],
                 "batch": [2],
                 "modes": ["forward", "train"],
@@ -747,7 +752,7 @@ def test_bench_run_writes_conv_rows(
     assert cli.main(argv) == 0, capsys.readouterr().err
     (path,) = out.rglob("*.parquet")
     df, _ = read_results(path)
-    assert len(df) == 2 * 3 * 2  # backends × layers × modes
+    assert len(df) == 2 * 2 * 2  # backends × layers × modes
     assert set(df["status"]) == {"ok"}, df["reason"].tolist()
     assert set(df["workload"]) == {"conv"}
     assert set(df["variant"]) == {"small", "custom"}
