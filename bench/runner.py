@@ -172,9 +172,9 @@ def execute(
 
 
 class SweepLimits:
-    """Stops each sweep (a workload variant on one backend, device and dtype, in one mode) where
-    this machine gets too slow or runs out of memory, so one suite fits a laptop and a GPU
-    server alike.
+    """Stops each sweep (a workload variant on one backend, device and dtype, with the same
+    categorical parameters) where this machine gets too slow or runs out of memory, so one
+    suite fits a laptop and a GPU server alike.
 
     A case is skipped without running when a smaller case of its sweep (fewer FLOPs) already
     took longer than max_call_s per call or ran out of memory, or when the best rate measured in
@@ -192,9 +192,15 @@ class SweepLimits:
 
     @staticmethod
     def _sweep(case: Case) -> tuple[tuple[str, ...], int]:
+        """A sweep varies sizes: its categorical parameters (mode, layout, layer, causal, ...)
+        are part of its key, so e.g. forward and training sweeps stop on their own."""
         params = case.params_dict()
-        mode = str(params.get("mode", ""))  # forward and training sweeps stop on their own
-        sweep = (case.workload, case.variant, case.backend, case.device, case.dtype, mode)
+        categories = tuple(
+            f"{key}={value}"
+            for key, value in sorted(params.items())
+            if isinstance(value, bool) or not isinstance(value, int | float)
+        )
+        sweep = (case.workload, case.variant, case.backend, case.device, case.dtype, *categories)
         return sweep, WORKLOADS[case.workload].flops(params)
 
     def reason(self, case: Case) -> str:

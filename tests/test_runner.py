@@ -228,3 +228,18 @@ def test_sweep_limits_keep_forward_and_training_sweeps_apart(
     limits.observe(_attention("train", 1024), Outcome("oom", "out of memory"))
     assert limits.reason(_attention("forward", 4096)) == ""
     assert limits.reason(_attention("train", 2048)).startswith("not run")
+
+
+def test_sweeps_differ_by_every_categorical_parameter(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = types.SimpleNamespace(flops=lambda p: p["batch"] * 1000)
+    monkeypatch.setitem(runner.WORKLOADS, "layers", fake)
+
+    def case(batch: int, layer: str, layout: str = "nchw") -> Case:
+        params = {"batch": batch, "layer": layer, "layout": layout, "autotune": False}
+        return make_case("torch", "float32", params, workload="layers", variant="resnet50")
+
+    limits = runner.SweepLimits()
+    limits.observe(case(8, "conv1"), Outcome("oom", "out of memory"))
+    assert limits.reason(case(16, "conv1")).startswith("not run")
+    assert limits.reason(case(16, "conv2")) == ""  # another layer
+    assert limits.reason(case(16, "conv1", "nhwc")) == ""  # another layout

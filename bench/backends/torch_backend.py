@@ -97,6 +97,9 @@ class Backend:
         # "highest" is true fp32 on every device; "high" lets cuBLAS use TF32 tensor cores.
         self.torch.set_float32_matmul_precision("high" if tf32 else "highest")
         self.torch.backends.cudnn.allow_tf32 = tf32
+        # Off unless a case asks for cuDNN autotuning (conv's autotune): a previous case's
+        # setting must not leak into this one.
+        self.torch.backends.cudnn.benchmark = False
         if dtype in ("float32", "tf32"):
             return "tf32" if tf32 else "ieee-fp32"
         return "default"
