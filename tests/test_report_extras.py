@@ -4,6 +4,7 @@ writer (a speed and memory model stands in for GPU machines this test machine is
 
 from __future__ import annotations
 
+import itertools
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,12 @@ def _attention_rows() -> list[tuple[str, str, dict[str, Any], Outcome]]:
 
 def _conv_rows() -> list[tuple[str, str, dict[str, Any], Outcome]]:
     rows = []
-    base = {"batch": 32, "stride": 1, "padding": 1, "groups": 1, "layout": "nchw"}
+    base = {"stride": 1, "padding": 1, "groups": 1, "layout": "nchw"}
     base |= {"mode": "forward", "autotune": False, "kernel": 3}
-    for layer, channels, size in (("conv2_x.3x3", 64, 56), ("conv5_x.3x3", 512, 7)):
+    layers = [("conv2_x.3x3", 64, 56), ("conv5_x.3x3", 512, 7)]
+    for (layer, channels, size), batch in itertools.product(layers, (32, 64)):
         params = {**base, "layer": layer, "c_in": channels, "c_out": channels, "h": size}
+        params["batch"] = batch
         params["w"] = size
         call_s = WORKLOADS["conv"].flops(params) / 200e12
         outcome = Outcome("ok", samples_s=(call_s,) * 3, device_name=H100.device_name, impl="cudnn")
@@ -113,11 +116,14 @@ def test_attention_charts_draw_throughput_and_memory_per_implementation(
 
 def test_conv_per_layer_bars_in_network_order(report: tuple[str, str]) -> None:
     _, html = report
-    title = "resnet50: torch bfloat16 forward"
+    title = "resnet50: torch bfloat16 forward nchw"
     assert title in html
     chart = html.split(title, 1)[1].split("</svg>", 1)[0]
     first, second = chart.index("conv2_x.3x3"), chart.index("conv5_x.3x3")
     assert first < second
+    # the set ran two batch sizes: each bar says which
+    for label in ("conv2_x.3x3 b32 ·", "conv2_x.3x3 b64 ·", "conv5_x.3x3 b32 ·"):
+        assert f"<title>{label} cloud-h100" in chart
 
 
 def test_best_table_names_the_implementation(report: tuple[str, str]) -> None:

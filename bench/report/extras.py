@@ -142,22 +142,28 @@ def _out_of_memory_table(ctx: Context, frame: pd.DataFrame) -> Table | None:
 
 
 def conv(ctx: Context, rows: pd.DataFrame) -> list[Block]:
-    frame = _with_params(ok_rows(rows), ("layer",))
+    """A bar chart per network shape set, backend, dtype, mode, layout and autotuning: each
+    layer's throughput (per batch size where the set ran several), one bar per machine."""
+    frame = _with_params(ok_rows(rows), ("layer", "batch", "layout", "autotune"))
     frame = frame[frame["layer"].notna()]
     charts = []
-    panels = ["variant", "backend", "dtype", "mode"]
-    for (variant, backend, dtype, mode), panel in frame.groupby(panels, sort=True):
+    panels = ["variant", "backend", "dtype", "mode", "layout", "autotune"]
+    for key, panel in frame.groupby(panels, sort=True, dropna=False):
         if panel["layer"].nunique() < 2:
             continue
+        several_batches = panel["batch"].nunique() > 1
         bars = []
         # Layers in the network's order (the suite's), each machine's bar under it.
         for layer in dict.fromkeys(panel["layer"]):
             for row in panel[panel["layer"] == layer].to_dict("records"):
-                label = f"{layer} · {ctx.labels[str(row['machine_id'])]} {device_label(row)}"
+                batch = f" b{row['batch']}" if several_batches else ""
+                label = f"{layer}{batch} · {ctx.labels[str(row['machine_id'])]} "
+                label += device_label(row)
                 tip = f"{label}: {row['tflops']:.4g} TFLOP/s ({row['impl'] or ''})"
                 color = ctx.colors[str(row["machine_id"])]
                 bars.append(Bar(label, float(row["tflops"]), color=color, tip=tip))
-        title = f"{variant}: {backend} {dtype} {mode}"
+        variant, backend, dtype, mode, layout, autotune = key
+        title = f"{variant}: {backend} {dtype} {mode} {layout}{' autotuned' if autotune else ''}"
         charts.append(Chart(bar_chart(bars[:MAX_BARS], title, "TFLOP/s", reference=None)))
     if not charts:
         return []
