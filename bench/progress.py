@@ -35,10 +35,11 @@ class Progress:
         width = 20
         filled = int(width * self.done / self.total) if self.total else width
         bar = "#" * filled + "." * (width - filled)
+        # The result before the case's parameters: a terminal line is cut at its width.
         line = (
             f"[{bar}] {self.done}/{self.total} {pct:3.0f}% ETA {_duration(eta)}  "
-            f"{row['workload']}/{row['variant']} {_shape(row['params'])} {row['backend']} "
-            f"{row['device']} {row['dtype']}: {_result(row)}"
+            f"{row['workload']}/{row['variant']} {row['backend']} {row['device']} "
+            f"{row['dtype']}: {_result(row)}  [{_shape(row['params'])}]"
         )
         if self.tty:
             self.stream.write("\r\x1b[2K" + line[: _columns() - 1])
@@ -72,10 +73,21 @@ def _duration(seconds: float | None) -> str:
 
 
 def _shape(params_json: str) -> str:
+    """A case's parameters in a few characters: matmul's b×m×n×k, else each parameter (words
+    as themselves, flags by name, numbers as key=value), less those the variant names."""
     import json
 
     p = json.loads(params_json)
-    return "x".join(str(p[k]) for k in ("batch", "m", "n", "k") if k in p) or params_json
+    if {"m", "n", "k"} <= p.keys():
+        return "x".join(str(p[k]) for k in ("batch", "m", "n", "k") if k in p)
+    parts = []
+    for key, value in p.items():
+        if key in ("impl", "cell") or value is False:  # impl and cell are the variant
+            continue
+        parts.append(
+            key if value is True else value if isinstance(value, str) else f"{key}={value}"
+        )
+    return " ".join(parts)
 
 
 def _result(row: dict[str, Any]) -> str:
