@@ -5,6 +5,8 @@ appended to its section.
 - attention: throughput and peak memory against sequence length, one line per implementation
   (naive materialises the S_q×S_k scores, fused kernels do not), and where each ran out of memory;
 - conv: throughput per layer of each network's shape set.
+
+For workloads in REPLACES_SIZE_CHARTS, these replace the generic throughput-against-size charts.
 """
 
 from __future__ import annotations
@@ -52,8 +54,6 @@ def attention(ctx: Context, rows: pd.DataFrame) -> list[Block]:
     charts: list[Chart] = []
     panels = ["backend", "dtype", "mode", "causal"]
     for (backend, dtype, mode, causal), panel in ok.groupby(panels, sort=True):
-        if panel["seq_k"].nunique() < 2:
-            continue
         name = f"{backend} {dtype} {mode}{' causal' if causal else ''}"
         unit = "TOPS" if dtype == "int8" else "TFLOP/s"
         speed = _impl_series(ctx, panel, "tflops", lambda y, unit=unit: f"{y:.4g} {unit}")
@@ -149,8 +149,6 @@ def conv(ctx: Context, rows: pd.DataFrame) -> list[Block]:
     charts = []
     panels = ["variant", "backend", "dtype", "mode", "layout", "autotune"]
     for key, panel in frame.groupby(panels, sort=True, dropna=False):
-        if panel["layer"].nunique() < 2:
-            continue
         several_batches = panel["batch"].nunique() > 1
         bars = []
         # Layers in the network's order (the suite's), each machine's bar under it.
@@ -170,6 +168,10 @@ def conv(ctx: Context, rows: pd.DataFrame) -> list[Block]:
     caption = "Convolution throughput per layer of each network's shape set."
     return [Text(caption), *charts] if len(charts) == 1 else [Charts(charts, caption)]
 
+
+# Workloads whose extras draw what the generic throughput-against-size charts would, better:
+# those charts' x axis (work per call) zig-zags across layers, or across causal and full masks.
+REPLACES_SIZE_CHARTS = frozenset({"attention", "conv"})
 
 WORKLOAD_EXTRAS: dict[str, Callable[[Context, pd.DataFrame], list[Block]]] = {
     "attention": attention,

@@ -349,22 +349,23 @@ def scoreboard(ctx: Context) -> list[Section]:
 
 
 def workloads(ctx: Context) -> list[Section]:
+    from bench.report.extras import REPLACES_SIZE_CHARTS, WORKLOAD_EXTRAS  # they use this module
+
     sections = []
     for workload, rows in ctx.cases.groupby("workload", sort=True):
         blocks: list[Block] = []
         ok = ok_rows(rows)
         if ok.empty:
             blocks.append(Text("No case of this workload ran successfully; see Caveats."))
-        else:
+        elif workload not in REPLACES_SIZE_CHARTS:
             for variant, mine in ok.groupby("variant", sort=True):
                 caption = f"Variant {variant}: throughput against size."
                 blocks.append(Charts(_size_charts(ctx, mine), caption))
+        blocks += WORKLOAD_EXTRAS.get(str(workload), lambda c, r: [])(ctx, rows)
+        if not ok.empty:
             blocks.append(_best_table(ctx, rows))
             if (ok["flops"].fillna(0) > 0).any() and (ok["bytes"].fillna(0) > 0).any():
                 blocks += _rooflines(ctx, ok)
-        from bench.report.extras import WORKLOAD_EXTRAS  # they build on this module
-
-        blocks += WORKLOAD_EXTRAS.get(str(workload), lambda c, r: [])(ctx, rows)
         sections.append(Section(f"Workload: {workload}", blocks, anchor=f"workload-{workload}"))
     return sections
 
