@@ -210,8 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         device_kinds=kinds[args.device],
         time_budget_s=args.time_budget,
     )
-    out_dir = Path(args.out)
-    check_writable(out_dir)
+    out_dir = Path(args.out)  # created only once there is something to write (below)
 
     machine = describe_machine(args.label)
     gpus, gpu_reason = nvml.list_gpus()

@@ -50,8 +50,12 @@ def broken_toml(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["run", "nosuch"], ["unknown suite 'nosuch'", "valid: default, quick"]),
-        (["run", "quick", "--workload", "conv"], ["unknown workload 'conv'", "valid: matmul"]),
+        (["run", "nosuch"], ["unknown suite 'nosuch'", "valid: default, gpu, quick"]),
+        (
+            ["run", "quick", "--workload", "nosuch"],
+            ["unknown workload 'nosuch'", "valid: attention, conv, matmul, rnn"],
+        ),
+        (["run", "quick", "--workload", "conv"], ["nothing to run", "suite 'quick'"]),
         (
             ["run", "quick", "--backend", "torch,tensorflow"],
             ["unknown backend 'tensorflow'", "valid: torch, jax, cupy"],
@@ -90,7 +94,7 @@ def test_malformed_toml(
     [
         (MATMUL, {"time_budget_s": "fast"}, ["settings.time_budget_s", "expected float"]),
         (MATMUL, {"min_samples": 0}, ["settings.min_samples", "out of range"]),
-        ({**MATMUL, "workload": "conv"}, {}, ["cases[0].workload", "valid: matmul"]),
+        ({**MATMUL, "workload": "nosuch"}, {}, ["cases[0].workload", "valid: attention, conv"]),
         ({**MATMUL, "backends": ["mxnet"]}, {}, ["cases[0].backends", "valid: torch, jax, cupy"]),
         ({**MATMUL, "dtypes": ["fp8"]}, {}, ["cases[0].dtypes", ", ".join(DTYPES)]),
         ({**MATMUL, "devices": ["npu"]}, {}, ["cases[0].devices", "valid: cpu, gpu"]),
