@@ -61,6 +61,17 @@ def _conv_rows() -> list[tuple[str, str, dict[str, Any], Outcome]]:
     return rows
 
 
+def _rnn_rows() -> list[tuple[str, str, dict[str, Any], Outcome]]:
+    rows = []
+    for mode in ("forward", "train"):
+        params = {"cell": "lstm", "batch": 64, "seq": 25, "input": 1024, "hidden": 1024}
+        params |= {"layers": 1, "mode": mode}
+        call_s = WORKLOADS["rnn"].flops(params) / 100e12
+        outcome = Outcome("ok", samples_s=(call_s,) * 3, device_name=H100.device_name, impl="cudnn")
+        rows.append(("rnn", "lstm", params, outcome))
+    return rows
+
+
 def _write(directory: Path, rows: list[tuple[str, str, dict[str, Any], Outcome]]) -> Path:
     run = {"run_id": "r1", "machine_id": H100.machine_id, "label": H100.label}
     run |= {"started_at": T0, "suite": "default"}
@@ -79,7 +90,7 @@ def _write(directory: Path, rows: list[tuple[str, str, dict[str, Any], Outcome]]
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     directory = tmp_path_factory.mktemp("extras")
-    path = _write(directory, _attention_rows() + _conv_rows())
+    path = _write(directory, _attention_rows() + _conv_rows() + _rnn_rows())
     _, warnings = build([str(path)], directory / "out")
     assert warnings == []
     return (directory / "out" / "report.md").read_text(), (
@@ -132,3 +143,16 @@ def test_best_table_names_the_implementation(report: tuple[str, str]) -> None:
     assert "| impl |" in attention
     best = [line for line in attention.splitlines() if "| flash |" in line]
     assert best and all("sdpa" not in line or "flash" in line for line in best)
+
+
+def test_rnn_best_table_has_a_row_per_mode_under_both_flop_conventions(
+    report: tuple[str, str],
+) -> None:
+    markdown, _ = report
+    rnn = markdown.split("## Workload: rnn", 1)[1].split("## ", 1)[0]
+    assert "| best, second convention |" in rnn
+    rows = [line for line in rnn.splitlines() if line.startswith("| cloud-h100")]
+    rows = [line for line in rows if "cudnn" in line]
+    assert len(rows) == 2 and "mode=forward" in rows[0] and "mode=train" in rows[1]
+    # 100 TFLOP/s counted as the layer executes it; DeepBench counts the recurrent half (I = H)
+    assert all("| 100 TFLOP/s | 50 (deepbench-recurrent) |" in line for line in rows)
