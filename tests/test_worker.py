@@ -312,3 +312,29 @@ def test_jax_inputs_are_seeded_normal_draws_in_the_dtype(jax_backend: Any, shape
     assert not np.array_equal(values, other)
     if values.size > 1000:
         assert abs(values.mean()) < 0.01 and abs(values.std() - 1) < 0.01
+
+
+def test_the_peak_is_reset_after_the_check_and_the_impl_is_recorded(
+    torch_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check's own reference instance must not count in the case's peak memory."""
+    events: list[str] = []
+
+    def check() -> float:
+        events.append("check")
+        return 0.0
+
+    def run() -> int:
+        events.append("run")
+        return 0
+
+    reset = torch_backend.reset_peak_memory
+    monkeypatch.setattr(
+        torch_backend, "reset_peak_memory", lambda d: events.append("reset") or reset(d)
+    )
+    prepared = Prepared(run=run, check=check, tolerance=1e-5, impl="fake-kernel")
+    _register(monkeypatch, lambda *a: prepared)
+    outcome = worker.run_case(torch_backend, make_case(workload="fake"))
+    assert outcome.status == "ok" and outcome.impl == "fake-kernel"
+    assert events[:3] == ["check", "reset", "run"]
+    assert events.count("reset") == 1
