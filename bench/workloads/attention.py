@@ -44,6 +44,7 @@ from bench.workloads.base import (
     TOLERANCE,
     Prepared,
     Workload,
+    check_counts_fit,
     choices,
     list_of,
     positive_int,
@@ -65,7 +66,6 @@ KEYS = {
 }
 SHAPE_KEYS = ("batch", "heads", "seq_q", "seq_k", "head_dim")
 SWEEP_KEYS = ("batch", "heads", "head_dim")
-INT64_MAX = 2**63 - 1  # flops and bytes are int64 columns of the results file
 
 # The check runs the same implementation at most this large; head_dim, causal, mode, dtype and
 # impl are kept. 128 keys make the softmax a real reduction, and the float64 reference of the
@@ -118,8 +118,7 @@ def parse(entry: dict[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]
                 f"seq_k = {shape['seq_k']} (put such shapes in an entry without causal = [true])"
             )
         largest = {**shape, "causal": False, "mode": "train"}
-        if max(flops(largest), bytes_moved(largest, "float64")) > INT64_MAX:
-            raise UserError(f"{at}: too large: {flops(largest)} flops per call overflow 64 bits")
+        check_counts_fit(flops(largest), bytes_moved(largest, "float64"), at)
     return [
         (impl, {"impl": impl, **shape, "causal": causal, "mode": mode})
         for impl in impls

@@ -22,6 +22,10 @@ ITEM_BYTES = {
     "int32": 4,
 }
 
+# flops and bytes are int64 columns of the results file: a point whose counts overflow them
+# would crash the run when its row is written, so parsing refuses it.
+INT64_MAX = 2**63 - 1
+
 # Largest relative error (Frobenius norm of the error over that of the float64 reference) a
 # result may have. Inputs are drawn in the target dtype, so the reference sees the same rounded
 # inputs; what remains is accumulation and output rounding. Any real bug gives errors near 1.
@@ -76,6 +80,14 @@ def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
     denom = float(np.linalg.norm(ref))
     diff = float(np.linalg.norm(out - ref))
     return diff / denom if denom > 0 else diff
+
+
+def check_counts_fit(flops: int, bytes_moved: int, where: str) -> None:
+    """A UserError unless one call's FLOP and byte counts fit the results file's int64 columns."""
+    if max(flops, bytes_moved) > INT64_MAX:
+        raise UserError(
+            f"{where}: too large: {flops} FLOPs and {bytes_moved} bytes per call overflow 64 bits"
+        )
 
 
 def positive_int(value: Any, where: str) -> int:

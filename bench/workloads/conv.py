@@ -42,6 +42,7 @@ from bench.workloads.base import (
     TOLERANCE,
     Prepared,
     Workload,
+    check_counts_fit,
     choices,
     list_of,
     positive_int,
@@ -50,8 +51,6 @@ from bench.workloads.base import (
 
 LAYOUTS = ("nchw", "nhwc")
 FLOAT_DTYPES = ("float64", "float32", "tf32", "float16", "bfloat16")
-# The flops and bytes of every point must fit the results file's int64 columns.
-INT64_MAX = 2**63 - 1
 
 
 class Layer(NamedTuple):
@@ -288,11 +287,8 @@ def parse(entry: dict[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]
     for mode, layout, autotune, batch in itertools.product(modes, layouts, autotunes, batches):
         for variant, layer in layers:
             p = {**layer, "batch": batch, "layout": layout, "mode": mode, "autotune": autotune}
-            if max(flops(p), bytes_moved(p, "float64")) > INT64_MAX:
-                raise UserError(
-                    f"{where}: batch {batch} of layer {p['layer']!r} is too large: its FLOP or "
-                    "byte count overflows 64 bits"
-                )
+            at = f"{where}: batch {batch} of layer {p['layer']!r}"
+            check_counts_fit(flops(p), bytes_moved(p, "float64"), at)
             points.append((variant, p))
     return points
 

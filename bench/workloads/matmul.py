@@ -20,6 +20,7 @@ from bench.workloads.base import (
     TOLERANCE,
     Prepared,
     Workload,
+    check_counts_fit,
     list_of,
     positive_int,
     relative_error,
@@ -31,8 +32,6 @@ KEYS = {
     "transformer": "list of {tokens, hidden}: tokens×hidden×4·hidden and tokens×4·hidden×hidden",
     "batched": "list of {batch, m, n, k}: batch independent m×k @ k×n products",
 }
-# The flops and bytes of every point must fit the results file's int64 columns.
-INT64_MAX = 2**63 - 1
 # Rows and columns of C compared with the float64 reference: the check reads 64·k + k·64
 # elements, so it stays cheap at any size while covering the whole reduction.
 CHECK_PICKS = 64
@@ -59,15 +58,10 @@ def parse(entry: dict[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]
             else:
                 points.append(("batched", table_of_ints(item, ("batch", "m", "n", "k"), at)))
             for _, p in points[new:]:
-                _check_size(p, at)
+                check_counts_fit(flops(p), bytes_moved(p, "float64"), at)
     if not points:
         raise UserError(f"{where}: matmul needs at least one of {', '.join(KEYS)}")
     return points
-
-
-def _check_size(p: dict[str, Any], where: str) -> None:
-    if max(flops(p), bytes_moved(p, "float64")) > INT64_MAX:
-        raise UserError(f"{where}: too large: {flops(p)} flops per call overflow 64 bits")
 
 
 def flops(p: dict[str, Any]) -> int:

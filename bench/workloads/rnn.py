@@ -51,6 +51,7 @@ from bench.workloads.base import (
     TOLERANCE,
     Prepared,
     Workload,
+    check_counts_fit,
     choices,
     list_of,
     relative_error,
@@ -116,7 +117,6 @@ KEYS = {
     "sets": f"list of named shape sets: {', '.join(SETS)}",
     "modes": 'list of "forward" (inference) and "train" (forward + backward); default forward',
 }
-INT64_MAX = 2**63 - 1  # flops and bytes are int64 columns of the results file
 
 # The correctness check runs the same implementation at a small size (every dimension capped
 # so; input and hidden differ, so a transposed weight cannot pass by shape alone) against the
@@ -165,8 +165,7 @@ def parse(entry: dict[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]
         for mode in modes:
             for shape, at in shapes:
                 p = {"cell": cell, **shape, "mode": mode}
-                if max(flops(p), bytes_moved(p, "float64")) > INT64_MAX:
-                    raise UserError(f"{at}: too large: {flops(p)} flops per call overflow 64 bits")
+                check_counts_fit(flops(p), bytes_moved(p, "float64"), at)
                 points.append((cell, p))
     return points
 
