@@ -49,12 +49,15 @@ MODES = ("forward", "train")
 class Prepared:
     """A case ready to time: `run()` performs one call and returns its output; `check()`
     returns the relative error of a fresh call's output against a float64 reference.
-    `impl` names the code that runs where a backend has more than one way (a results column)."""
+    `impl` names the code that runs where a backend has more than one way (a results column).
+    `memory_parts()`, called after the timed calls, gives the bytes the case's live state holds
+    by part ("params", "grads", "optimizer"), for workloads that keep such state (training)."""
 
     run: Callable[[], Any]
     check: Callable[[], float]
     tolerance: float
     impl: str = ""
+    memory_parts: Callable[[], dict[str, int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,12 @@ class Workload:
     # recurrent-only count), and that convention's name; None where there is only one.
     flops_alt: Callable[[dict[str, Any]], int] | None = None
     flops_alt_convention: str = ""
+    # What one call processes, for throughput: (count, unit), e.g. (8192, "tokens"); None where
+    # FLOP/s is the figure.
+    items: Callable[[dict[str, Any]], tuple[int, str]] | None = None
+    # The analytic (rule-of-thumb) memory estimate by part, in bytes, for a dtype; None where
+    # the workload has none.
+    memory_estimate: Callable[[dict[str, Any], str], dict[str, int]] | None = None
 
 
 def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
