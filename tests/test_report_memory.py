@@ -221,6 +221,17 @@ def test_fit_search_reports_the_largest_value_below_the_smallest_oom() -> None:
     assert lstm[8:] == ["384.0 MiB", "416", "6"]
 
 
+def test_fit_search_takes_the_latest_run_and_distrusts_a_value_that_also_failed() -> None:
+    lstm = {"model": "lstm-lm", "size": "full", "optimizer": "sgd", "checkpointing": False}
+    params = {**lstm, "batch": 32, "seq": 384}
+    retry = row(A100, params, fit_search="seq", status="oom")  # the confirmation of 384 failed
+    older = row(A100, {**params, "seq": 1024}, fit_search="seq", peak_mem_bytes=GIB)
+    older |= {"run_id": "older", "started_at": T0 - timedelta(days=1)}
+    rows = table_lines(markdown_of([*fit_trials(), retry, older]), "Memory: fit search")
+    lstm_row = next(r for r in rows if r[2] == "lstm-lm")
+    assert lstm_row[7:] == ["256", "256.0 MiB", "384", "7"]
+
+
 def test_fit_trials_stay_out_of_the_peaks_and_savings_tables() -> None:
     markdown = markdown_of(fit_trials())
     assert "### Memory: measured peaks" not in markdown

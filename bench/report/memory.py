@@ -231,38 +231,46 @@ def fits_on_frames(ctx: Context) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def fit_search_frame(ctx: Context) -> pd.DataFrame:
-    """Per searched setting and memory limit, from the `bench fit` trial rows: the largest
-    value that ran below the smallest that ran out of memory (a value that passed above an
-    out-of-memory one is not trusted), that trial's need, and the trial count."""
-    trials = ctx.cases[ctx.cases["fit_search"].fillna("") != ""]
-    records = []
+    """Per searched setting and memory limit, from the latest `bench fit` run's trial rows (all
+    of them, read from the files: retries and confirmations of one value included): the largest
+    value that ran below the smallest that ran out of memory (a value that passed above, or at,
+    an out-of-memory one is not trusted), that trial's need, and the trial count."""
+    trials = ctx.loaded.rows[ctx.loaded.rows["fit_search"].fillna("") != ""]
+    if trials.empty:
+        return pd.DataFrame()
+    searched = trials["fit_search"].astype(str).tolist()
+    params = [parse_params(p) for p in trials["params"]]
+    trials = trials.assign(
+        _value=[p.get(key) for p, key in zip(params, searched, strict=True)],
+        _setting=[_params_key(p, key) for p, key in zip(params, searched, strict=True)],
+    )
     group = ["machine_id", "device_kind", "device_name", "backend", "variant", "dtype"]
-    group += ["fit_search", "memory_limit_bytes"]
+    group += ["fit_search", "memory_limit_bytes", "_setting"]
+    records = []
     for _, mine in trials.groupby(group, sort=True, dropna=False):
-        key = str(mine["fit_search"].iloc[0])
-        values = mine["params"].map(lambda p, key=key: parse_params(p).get(key))
-        by_setting = mine["params"].map(lambda p, key=key: _params_key(parse_params(p), key))
-        for _, same in mine.assign(_value=values).groupby(by_setting, sort=True):
-            oom = same.loc[same["status"] == "oom", "_value"]
-            smallest_oom = oom.min() if not oom.empty else None
-            ran = same[same["status"] == "ok"]
-            if smallest_oom is not None:
-                ran = ran[ran["_value"] < smallest_oom]
-            largest = ran.loc[ran["_value"].idxmax()] if not ran.empty else None
-            first = same.iloc[0]
-            records.append(
-                {
-                    **_who(ctx, first),
-                    "dtype": first["dtype"],
-                    "searched": key,
-                    "setting": setting_text(parse_params(first["params"]), drop=(key,)),
-                    "memory_limit_bytes": _int(first["memory_limit_bytes"]),
-                    "largest_ok": None if largest is None else int(largest["_value"]),
-                    "need_bytes": None if largest is None else fitsearch.need_bytes(largest),
-                    "smallest_oom": _int(smallest_oom),
-                    "trials": len(same),
-                }
-            )
+        same = mine[mine["run_id"] == mine.loc[mine["started_at"].idxmax(), "run_id"]]
+        oom = same.loc[same["status"] == "oom", "_value"]
+        smallest_oom = oom.min() if not oom.empty else None
+        ran = same[same["status"] == "ok"]
+        if smallest_oom is not None:
+            ran = ran[ran["_value"] < smallest_oom]
+        largest = ran.loc[ran["_value"].idxmax()] if not ran.empty else None
+        first = same.iloc[0]
+        key = str(first["fit_search"])
+        records.append(
+            {
+                **_who(ctx, first),
+                "dtype": first["dtype"],
+                "searched": key,
+                "setting": setting_text(parse_params(first["params"]), drop=(key,)),
+                "memory_limit_bytes": _int(first["memory_limit_bytes"]),
+                "largest_ok": None if largest is None else int(largest["_value"]),
+                "need_bytes": None if largest is None else fitsearch.need_bytes(largest),
+                "smallest_oom": _int(smallest_oom),
+                "trials": len(same),
+                "run_id": first["run_id"],
+            }
+        )
     return pd.DataFrame(records)
 
 
@@ -523,10 +531,11 @@ def _fit_search_section(ctx: Context) -> list[Section]:
     if frame.empty:
         return []
     text = Text(
-        "`bench fit` searches: per setting and memory limit, the largest batch or sequence "
-        "length that ran (below the smallest that ran out of memory: a value that passed above "
-        "a failure is not trusted), what it needed, and the smallest that ran out of memory. "
-        "Each trial is its own worker process and its own row."
+        "`bench fit` searches (the latest run of each): per setting and memory limit, the "
+        "largest batch or sequence length that ran (below the smallest that ran out of memory: "
+        "a value that passed at or above a failure is not trusted), what it needed, and the "
+        "smallest that ran out of memory. Each trial is its own worker process and its own row; "
+        "retries and confirmations count as trials."
     )
     body = [
         [
