@@ -27,6 +27,10 @@ class Settings:
     # calls, and larger cases of its series are skipped without running (sizes the sweep to
     # the machine: a 100-second bf16 product on a CPU without bf16 units tells nothing new).
     max_call_s: float = 60.0
+    # Emulate a device with this much memory (--memory-limit): on a GPU the framework's
+    # allocator gets it less what the process holds outside the allocator (CUDA context,
+    # workspaces); on the CPU the runner stops a worker whose resident memory goes over it.
+    memory_limit_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,13 @@ class Outcome:
     tolerance: float | None = None
     peak_mem_bytes: int | None = None
     peak_mem_source: str = ""
+    peak_reserved_bytes: int | None = None
+    device_used_bytes: int | None = None  # NVML: peak used during the case minus the baseline
+    device_baseline_bytes: int | None = None  # NVML: used before the case, all processes
+    host_peak_bytes: int | None = None  # the worker's resident high-water mark in the case
+    pinned_peak_bytes: int | None = None
+    fixed_overhead_bytes: int | None = None  # see results.COLUMNS
+    memory_parts: dict[str, int] = field(default_factory=dict)  # Prepared.memory_parts()
     cache: str = ""  # "cold" (L2 flushed before each timed call) or "hot"
     precision: str = ""  # the precision setting the backend was told to use
     impl: str = ""  # the code that ran (Prepared.impl)

@@ -367,6 +367,12 @@ def _gpu_devices(desc: dict[str, Any]) -> list[dict[str, Any]]:
     return devices if isinstance(devices, list) else []
 
 
+def _total_memory(devices: list[dict[str, Any]]) -> int | None:
+    sizes = [gpu.get("memory_bytes") for gpu in devices]
+    known = [size for size in sizes if isinstance(size, int)]
+    return sum(known) if known and len(known) == len(sizes) else None
+
+
 def flat_machine_columns(desc: dict[str, Any]) -> dict[str, Any]:
     """The few machine facts repeated on every result row."""
     cpu, devices = desc.get("cpu"), _gpu_devices(desc)
@@ -385,6 +391,7 @@ def flat_machine_columns(desc: dict[str, Any]) -> dict[str, Any]:
         "ram_bytes": ram if isinstance(ram, int) else None,
         "gpu_name": gpu_name,
         "gpu_memory_bytes": devices[0].get("memory_bytes") if devices else None,
+        "gpu_total_memory_bytes": _total_memory(devices),
         "driver_version": _field(desc.get("gpus"), "driver_version"),
     }
 

@@ -323,6 +323,7 @@ class TelemetrySample:
     temp_c: int | None
     power_w: float | None
     reasons: int | None  # clock-event reason bitmask
+    mem_used_bytes: int | None = None  # device memory in use, all processes
 
 
 def empty_telemetry() -> dict[str, object]:
@@ -383,6 +384,38 @@ def _first(*calls: tuple[Any, ...]) -> Any:
     return None
 
 
+def _used_bytes(handle: Any) -> int | None:
+    """Device memory in use, all processes (the _v2 query, which excludes the driver's
+    reserved memory; the old one where _v2 is missing)."""
+    info = _first(("nvmlDeviceGetMemoryInfo_v2", handle), ("nvmlDeviceGetMemoryInfo", handle))
+    return getattr(info, "used", None)
+
+
+def used_bytes(nvml_index: int) -> int | None:
+    """Device memory in use on one GPU, all processes; None without NVML."""
+    pynvml, _ = _nvml()
+    handle = _call("nvmlDeviceGetHandleByIndex", nvml_index) if pynvml else None
+    return None if handle is None else _used_bytes(handle)
+
+
+def process_used_bytes(nvml_index: int, pid: int) -> int | None:
+    """Device memory one process holds on a GPU (context, pool, workspaces); None where NVML
+    does not list it (no NVML, or a container whose PIDs NVML cannot see)."""
+    pynvml, _ = _nvml()
+    handle = _call("nvmlDeviceGetHandleByIndex", nvml_index) if pynvml else None
+    if handle is None:
+        return None
+    processes = _first(
+        ("nvmlDeviceGetComputeRunningProcesses_v3", handle),
+        ("nvmlDeviceGetComputeRunningProcesses", handle),
+    )
+    for process in processes or ():
+        used = getattr(process, "usedGpuMemory", None)
+        if getattr(process, "pid", None) == pid and isinstance(used, int):
+            return used
+    return None
+
+
 def _read_sample(pynvml: ModuleType, handle: Any) -> TelemetrySample | None:
     power_mw = _call("nvmlDeviceGetPowerUsage", handle)
     sample = TelemetrySample(
@@ -397,6 +430,7 @@ def _read_sample(pynvml: ModuleType, handle: Any) -> TelemetrySample | None:
             ("nvmlDeviceGetCurrentClocksEventReasons", handle),
             ("nvmlDeviceGetCurrentClocksThrottleReasons", handle),
         ),
+        mem_used_bytes=_used_bytes(handle),
     )
     return sample if any(value is not None for value in asdict(sample).values()) else None
 
@@ -469,6 +503,11 @@ class TelemetrySampler:
         with self._lock:
             return list(self._samples)
 
+    def peak_used_bytes(self) -> int | None:
+        """The most device memory in use (all processes) in any sample."""
+        used = [s.mem_used_bytes for s in self.samples() if s.mem_used_bytes is not None]
+        return max(used) if used else None
+
     def summary(self) -> dict[str, object]:
         return summarise_telemetry(self.samples(), self._energy_start_mj, self._energy_end_mj)
 
@@ -486,5 +525,7 @@ __all__ = [
     "list_gpus",
     "nvml_versions",
     "parse_cuda_visible_devices",
+    "process_used_bytes",
     "summarise_telemetry",
+    "used_bytes",
 ]

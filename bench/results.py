@@ -5,6 +5,9 @@ Schema history (bump SCHEMA_VERSION on any change to COLUMNS; readers accept eve
   1  2026-11-23  first version.
   2  2026-11-23  adds runtime_version (older rows: "cpu" on the CPU, else unknown).
   3  2026-11-23  adds impl, and flops_alt / flops_alt_convention / tflops_alt (older rows: none).
+  4  2026-11-23  adds the memory columns (peak_reserved_bytes ... mem_estimate_activations_bytes),
+                 throughput in items (items_per_call, item_unit, items_per_s),
+                 gpu_total_memory_bytes and fit_search (older rows: none; fit_search "").
 
 Method history (bump METHOD_VERSION when a change alters the measured figures):
   1  2026-11-23  do_bench-style time budgets, median of per-call samples, cold L2 on GPUs,
@@ -30,9 +33,9 @@ import pyarrow.parquet as pq
 from bench.errors import UserError
 from bench.nvml import TELEMETRY_COLUMNS
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 METHOD_VERSION = 1
-READABLE_SCHEMA_VERSIONS = (1, 2, 3)  # bench.report.load.migrate brings older rows up to date
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4)  # bench.report.load.migrate brings older rows up to date
 
 _TYPES = {"float64": pa.float64(), "int64": pa.int64(), "string": pa.string(), "bool": pa.bool_()}
 
@@ -71,6 +74,9 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "bytes": (pa.int64(), "fewest bytes one call must move (inputs read, output written)"),
     "tflops": (pa.float64(), "flops / time_median_s / 1e12"),
     "gbps": (pa.float64(), "bytes / time_median_s / 1e9"),
+    "items_per_call": (pa.int64(), "samples or tokens one call processes (training steps)"),
+    "item_unit": (pa.string(), "what items_per_call counts: samples or tokens"),
+    "items_per_s": (pa.float64(), "items_per_call / time_median_s"),
     "flops_alt": (pa.int64(), "operations per call under a second convention, where one exists"),
     "flops_alt_convention": (pa.string(), "that convention, e.g. deepbench-recurrent"),
     "tflops_alt": (pa.float64(), "flops_alt / time_median_s / 1e12"),
@@ -78,14 +84,45 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "tolerance": (pa.float64(), "largest rel_error accepted for this dtype"),
     "peak_mem_bytes": (pa.int64(), "peak memory during the case"),
     "peak_mem_source": (pa.string(), "where peak_mem_bytes comes from"),
+    "peak_reserved_bytes": (
+        pa.int64(),
+        "allocator's peak reserved, cached blocks included (torch, CuPy pool, XLA pool; GPU)",
+    ),
+    "device_used_bytes": (pa.int64(), "NVML: peak device memory used minus the baseline (GPU)"),
+    "device_baseline_bytes": (pa.int64(), "NVML: device memory used before the case (GPU)"),
+    "host_peak_bytes": (pa.int64(), "the worker's resident high-water mark (VmHWM) in the case"),
+    "pinned_peak_bytes": (pa.int64(), "peak page-locked host memory of torch's allocator (GPU)"),
+    "fixed_overhead_bytes": (
+        pa.int64(),
+        "memory the backend holds outside its allocator: GPU, CUDA context and workspaces "
+        "(NVML); CPU, the worker's resident memory after start-up",
+    ),
+    "memory_limit_bytes": (
+        pa.int64(),
+        "the emulated memory size the case ran under (--memory-limit)",
+    ),
+    "mem_params_bytes": (pa.int64(), "training: live bytes of the parameters"),
+    "mem_grads_bytes": (pa.int64(), "training: live bytes of the gradients"),
+    "mem_optimizer_bytes": (pa.int64(), "training: live bytes of the optimizer state"),
+    "mem_other_bytes": (
+        pa.int64(),
+        "training: peak_mem_bytes less the three above (activations, workspaces)",
+    ),
+    "mem_estimate_bytes": (
+        pa.int64(),
+        "training: the analytic (rule-of-thumb) estimate of the peak",
+    ),
+    "mem_estimate_activations_bytes": (pa.int64(), "training: its activation part"),
     "cache": (pa.string(), "cold (L2 flushed before each timed call) or hot"),
     "threads": (pa.int64(), "CPU threads the backend used (CPU cases)"),
     "case_wall_s": (pa.float64(), "wall time of the whole case, set-up and check included"),
+    "fit_search": (pa.string(), "bench fit: the searched parameter (batch or seq); else empty"),
     "cpu_model": (pa.string(), "machine: CPU model"),
     "cpu_cores": (pa.int64(), "machine: physical CPU cores"),
     "ram_bytes": (pa.int64(), "machine: system RAM"),
     "gpu_name": (pa.string(), "machine: GPU model(s)"),
     "gpu_memory_bytes": (pa.int64(), "machine: memory of the first GPU"),
+    "gpu_total_memory_bytes": (pa.int64(), "machine: memory of all GPUs together"),
     "driver_version": (pa.string(), "machine: NVIDIA driver version"),
     **{
         name: (_TYPES[kind], "GPU telemetry during the timed region")
@@ -189,9 +226,11 @@ def make_row(
     case_wall_s: float,
     finished_at: Any,
     runtime_version: str | None = None,
+    fit_search: str = "",
 ) -> dict[str, Any]:
     """One results row from a case and its outcome. `run` holds run_id, label, started_at;
-    `runtime_version` is the backend's accelerator runtime (BackendInfo.runtime_version)."""
+    `runtime_version` is the backend's accelerator runtime (BackendInfo.runtime_version);
+    `fit_search` the parameter `bench fit` searched (a trial row)."""
     from bench.nvml import empty_telemetry
     from bench.stats import summarize
     from bench.workloads import WORKLOADS
@@ -201,6 +240,9 @@ def make_row(
     flops = workload.flops(params)
     moved = workload.bytes(params, case.dtype)
     flops_alt = workload.flops_alt(params) if workload.flops_alt else None
+    items, item_unit = workload.items(params) if workload.items else (None, None)
+    estimate = workload.memory_estimate(params, case.dtype) if workload.memory_estimate else {}
+    parts = outcome.memory_parts
     row: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "method_version": METHOD_VERSION,
@@ -234,9 +276,29 @@ def make_row(
         "tolerance": outcome.tolerance,
         "peak_mem_bytes": outcome.peak_mem_bytes,
         "peak_mem_source": outcome.peak_mem_source or None,
+        "peak_reserved_bytes": outcome.peak_reserved_bytes,
+        "device_used_bytes": outcome.device_used_bytes,
+        "device_baseline_bytes": outcome.device_baseline_bytes,
+        "host_peak_bytes": outcome.host_peak_bytes,
+        "pinned_peak_bytes": outcome.pinned_peak_bytes,
+        "fixed_overhead_bytes": outcome.fixed_overhead_bytes,
+        "memory_limit_bytes": case.settings.memory_limit_bytes,
+        "mem_params_bytes": parts.get("params"),
+        "mem_grads_bytes": parts.get("grads"),
+        "mem_optimizer_bytes": parts.get("optimizer"),
+        "mem_other_bytes": (
+            outcome.peak_mem_bytes - sum(parts.values())
+            if parts and outcome.peak_mem_bytes is not None
+            else None
+        ),
+        "mem_estimate_bytes": sum(estimate.values()) if estimate else None,
+        "mem_estimate_activations_bytes": estimate.get("activations"),
+        "items_per_call": items,
+        "item_unit": item_unit,
         "cache": outcome.cache or None,
         "threads": outcome.threads,
         "case_wall_s": case_wall_s,
+        "fit_search": fit_search,
         **machine_columns,
         **empty_telemetry(),
         **outcome.telemetry,
@@ -254,4 +316,6 @@ def make_row(
         )
         if flops_alt is not None and stats.median_s > 0:
             row["tflops_alt"] = flops_alt / stats.median_s / 1e12
+        if items is not None and stats.median_s > 0:
+            row["items_per_s"] = items / stats.median_s
     return row

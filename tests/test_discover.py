@@ -254,6 +254,7 @@ def test_flat_columns_two_identical_gpus() -> None:
         "ram_bytes": 1536 * GIB,
         "gpu_name": "2 x NVIDIA H200",
         "gpu_memory_bytes": 80 * GIB,
+        "gpu_total_memory_bytes": 160 * GIB,
         "driver_version": "580.159.04",
     }
 

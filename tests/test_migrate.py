@@ -1,7 +1,8 @@
 """Schema migration: golden files of every older schema version read as the current columns, and
 where runtime_version (new in schema 2) comes from."""
 # Golden files: results_schema1_cpu (a real v1 run), results_schema1_gpu (synthetic, see
-# make_golden.py), results_schema2_cpu (a real `bench run quick` on this 2-core VM at schema 2).
+# make_golden.py), results_schema2_cpu (a real `bench run quick` on this 2-core VM at schema 2),
+# results_schema3_cpu (a real run of small matmul, conv, rnn and attention cases at schema 3).
 
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ GOLDEN = Path(__file__).parent / "golden"
 CPU_V1 = GOLDEN / "results_schema1_cpu.parquet"
 GPU_V1 = GOLDEN / "results_schema1_gpu.parquet"
 CPU_V2 = GOLDEN / "results_schema2_cpu.parquet"
+CPU_V3 = GOLDEN / "results_schema3_cpu.parquet"
 V1_COLUMNS = pq.read_schema(CPU_V1).names
 
 
@@ -143,13 +145,33 @@ def test_a_version_2_file_loads_with_the_version_3_columns_empty() -> None:
     assert set(loaded.rows["runtime_version"].dropna()) == {"cpu"}
 
 
+def test_a_version_3_file_loads_with_the_version_4_columns_empty() -> None:
+    assert pq.read_schema(CPU_V3).metadata[b"bench.schema_version"] == b"3"
+    assert CPU_V3.stat().st_size < 100_000
+    raw = pq.read_table(CPU_V3).to_pandas()
+    loaded = load([CPU_V3])
+    assert loaded.warnings == [] and _columns(loaded.rows) == list(COLUMNS)
+    pd.testing.assert_frame_equal(
+        loaded.rows[list(raw.columns)].reset_index(drop=True), raw, check_dtype=False
+    )
+    new = [name for name in COLUMNS if name not in raw.columns]
+    assert "host_peak_bytes" in new and "items_per_s" in new and "fit_search" in new
+    for column in new:
+        expected = "" if column == "fit_search" else None
+        values = loaded.rows[column]
+        assert all((v == expected) if expected == "" else _missing(v) for v in values), column
+    assert {"matmul", "conv", "rnn", "attention"} <= set(loaded.rows["workload"])
+    assert loaded.rows["flops_alt"].notna().any()  # version 3's own columns survive
+
+
 def test_files_of_every_version_load_together(tmp_path: Path) -> None:
-    v3 = _write_current(tmp_path / "v3.parquet", _cpu_ok_outcome(), runtime_version=None)
-    loaded = load([CPU_V1, GPU_V1, CPU_V2, v3])
+    v4 = _write_current(tmp_path / "v4.parquet", _cpu_ok_outcome(), runtime_version=None)
+    loaded = load([CPU_V1, GPU_V1, CPU_V2, CPU_V3, v4])
     assert loaded.warnings == []
     assert _columns(loaded.rows) == list(COLUMNS)
-    assert set(loaded.rows["schema_version"]) == {1, 2, 3}
-    assert len(loaded.rows) == 210 + 5 + pq.read_metadata(CPU_V2).num_rows + 1
+    assert set(loaded.rows["schema_version"]) == {1, 2, 3, 4}
+    v2_rows, v3_rows = pq.read_metadata(CPU_V2).num_rows, pq.read_metadata(CPU_V3).num_rows
+    assert len(loaded.rows) == 210 + 5 + v2_rows + v3_rows + 1
 
 
 # --- runtime_version in new files ---------------------------------------------------------------
@@ -177,7 +199,7 @@ def test_a_new_file_says_cpu_for_a_real_cpu_case(tmp_path: Path, torch_backend: 
     assert outcome.status == "ok", outcome.reason
     path = _write_current(tmp_path / "r.parquet", outcome, info.runtime_version)
     frame, meta = read_results(path)
-    assert meta["schema_version"] == SCHEMA_VERSION == 3
+    assert meta["schema_version"] == SCHEMA_VERSION == 4
     assert list(frame["runtime_version"]) == ["cpu"]
     assert list(load([path]).rows["runtime_version"]) == ["cpu"]
 

@@ -36,6 +36,23 @@ class BackendInfo:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class MemoryPeaks:
+    """A backend's memory figures for one case (bytes; None where the backend cannot tell).
+
+    `allocated_bytes` is the allocator's peak of live allocations since the reset (on a CPU, the
+    process's resident high-water mark); `reserved_bytes` the peak the allocator held from the
+    device, cached blocks included; `held_bytes` what it holds now (to tell the CUDA context
+    and library workspaces apart from the pool); `pinned_bytes` the peak page-locked host memory.
+    """
+
+    allocated_bytes: int | None
+    source: str
+    reserved_bytes: int | None = None
+    held_bytes: int | None = None
+    pinned_bytes: int | None = None
+
+
 class Backend(Protocol):
     name: str
 
@@ -69,8 +86,14 @@ class Backend(Protocol):
 
     def reset_peak_memory(self, device: str) -> None: ...
 
-    def peak_memory(self, device: str) -> tuple[int | None, str]:
-        """Peak bytes since the last reset, and where the figure comes from."""
+    def peak_memory(self, device: str) -> MemoryPeaks:
+        """Peaks since the last reset, and where the main figure comes from."""
+        ...
+
+    def limit_memory(self, device: str, limit_bytes: int) -> None:
+        """Cap what the framework's allocator may take on a GPU at `limit_bytes` (an emulated
+        smaller card, less what the process holds outside the allocator). CPU: a no-op, the
+        runner enforces a host limit from outside."""
         ...
 
     def is_oom(self, exc: BaseException) -> bool: ...
@@ -99,17 +122,36 @@ def reset_host_peak() -> None:
         pass
 
 
-def host_peak_bytes() -> tuple[int | None, str]:
+def _status_bytes(key: str) -> int | None:
+    """A "<key>: N kB" line of /proc/self/status, in bytes; None where there is none."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024, "process VmHWM"
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def host_peak_bytes() -> tuple[int | None, str]:
+    """The process's resident high-water mark since the last reset_host_peak()."""
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        return peak, "process VmHWM"
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process ru_maxrss"
+
+
+def host_rss_bytes() -> int | None:
+    """The process's resident memory now."""
+    return _status_bytes("VmRSS")
+
+
+def host_peaks() -> MemoryPeaks:
+    peak, source = host_peak_bytes()
+    return MemoryPeaks(peak, source)
 
 
 def usable_cores() -> int:
@@ -128,6 +170,11 @@ def cpu_model() -> str:
 
     return platform.processor() or "unknown CPU"
 
+
+# Where NVML cannot tell what a process holds outside its allocator, a memory limit assumes this
+# much for the CUDA context and library handles (METHOD.md: ~0.3 GB with lazy loading, ~0.7 GB
+# without; the cuBLAS and cuDNN handles add some).
+ASSUMED_CONTEXT_BYTES = 512 * 2**20
 
 # Flush buffers: at least this large, and at least twice the reported L2, as METHOD.md asks
 # (triton and mamf-finder use 256 MiB; H100's L2 is 50 MiB, H200's 60 MiB).

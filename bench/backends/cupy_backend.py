@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from bench.backends import base
-from bench.backends.base import BackendInfo, Unsupported
+from bench.backends.base import BackendInfo, MemoryPeaks, Unsupported
 
 
 class CupyEventTimer:
@@ -45,13 +45,15 @@ class PeakHook:
 
             def malloc_postprocess(self, **kwargs: Any) -> None:
                 outer.peak_bytes = max(outer.peak_bytes, pool.used_bytes())
+                outer.peak_total_bytes = max(outer.peak_total_bytes, pool.total_bytes())
 
         self._pool = pool
-        self.peak_bytes = pool.used_bytes()
+        self.reset()
         self.hook = Hook()
 
     def reset(self) -> None:
         self.peak_bytes = self._pool.used_bytes()
+        self.peak_total_bytes = self._pool.total_bytes()  # used plus cached blocks
 
 
 class Backend:
@@ -156,8 +158,17 @@ class Backend:
     def reset_peak_memory(self, device: str) -> None:
         self.peak.reset()
 
-    def peak_memory(self, device: str) -> tuple[int | None, str]:
-        return self.peak.peak_bytes, "cupy pool used bytes (hook)"
+    def peak_memory(self, device: str) -> MemoryPeaks:
+        return MemoryPeaks(
+            self.peak.peak_bytes,
+            "cupy pool used bytes (hook)",
+            reserved_bytes=self.peak.peak_total_bytes,
+            held_bytes=self.cupy.get_default_memory_pool().total_bytes(),
+        )
+
+    def limit_memory(self, device: str, limit_bytes: int) -> None:
+        self._use(device)
+        self.cupy.get_default_memory_pool().set_limit(size=limit_bytes)
 
     def is_oom(self, exc: BaseException) -> bool:
         return isinstance(exc, self.cupy.cuda.memory.OutOfMemoryError)

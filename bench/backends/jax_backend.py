@@ -14,11 +14,13 @@ from typing import Any
 import numpy as np
 
 from bench.backends import base
-from bench.backends.base import BackendInfo, Unsupported
+from bench.backends.base import BackendInfo, MemoryPeaks, Unsupported
 from bench.measure import HostTimer
 
 # Must be set before jax is imported: otherwise JAX grabs 75 % of every GPU at start-up.
 JAX_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+# XLA's allocator cap, a fraction of each GPU's memory, also read once at start-up.
+JAX_MEMORY_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
 # JAX's CUDA plugins, newest first, as jax._src.lib looks for them.
 CUDA_PLUGINS = ("jax-cuda13-plugin", "jax-cuda12-plugin")
 # Inputs up to this many elements (16 MiB in float32) are drawn with NumPy and copied over;
@@ -26,8 +28,17 @@ CUDA_PLUGINS = ("jax-cuda13-plugin", "jax-cuda12-plugin")
 HOST_DRAW_MAX_ELEMENTS = 2**22
 
 
+def start_limit_env(limit_bytes: int, device_total_bytes: int) -> dict[str, str]:
+    """The environment that caps XLA's GPU allocator for an emulated card of `limit_bytes`:
+    a fraction of the device's memory, less an assumed CUDA context (XLA starts before anything
+    can be measured)."""
+    fraction = max(0.0, limit_bytes - base.ASSUMED_CONTEXT_BYTES) / device_total_bytes
+    return {JAX_MEMORY_FRACTION_ENV: f"{min(1.0, fraction):.4f}"}
+
+
 class Backend:
     name = "jax"
+    _peak_before = 0  # XLA's peak_bytes_in_use at the last reset_peak_memory
 
     def probe(self) -> BackendInfo:
         for key, value in JAX_ENV.items():
@@ -143,15 +154,38 @@ class Backend:
         return flush
 
     def reset_peak_memory(self, device: str) -> None:
-        # XLA's peak_bytes_in_use cannot be reset; the GPU figure is the worker's peak so far.
-        if device == "cpu":
-            base.reset_host_peak()
+        base.reset_host_peak()
+        if device != "cpu":
+            # XLA's peak_bytes_in_use cannot be reset: remember where it stood (see peak_memory).
+            self._peak_before = self._stats(device).get("peak_bytes_in_use", 0)
 
-    def peak_memory(self, device: str) -> tuple[int | None, str]:
+    def _stats(self, device: str) -> dict[str, Any]:
+        return self._device(device).memory_stats() or {}
+
+    def peak_memory(self, device: str) -> MemoryPeaks:
         if device == "cpu":
-            return base.host_peak_bytes()
-        stats = self._device(device).memory_stats() or {}
-        return stats.get("peak_bytes_in_use"), "xla peak_bytes_in_use (worker lifetime)"
+            return base.host_peaks()
+        stats = self._stats(device)
+        peak = stats.get("peak_bytes_in_use")
+        # The counter only rises. A case that raised it peaked exactly there; one that did not
+        # peaked somewhere below this worker's earlier peak, which is all XLA can tell (in a
+        # fresh worker, as `bench fit` runs each trial, every case raises it).
+        if peak is None or peak <= self._peak_before:
+            source = "xla peak_bytes_in_use: below this worker's earlier peak, not resettable"
+            peak = None
+        else:
+            source = "xla peak_bytes_in_use"
+        return MemoryPeaks(
+            peak,
+            source,
+            reserved_bytes=stats.get("peak_pool_bytes") if peak is not None else None,
+            held_bytes=stats.get("pool_bytes"),
+        )
+
+    def limit_memory(self, device: str, limit_bytes: int) -> None:
+        # XLA takes its cap once, before start-up: the runner sets JAX_MEMORY_FRACTION_ENV in
+        # the worker's environment (runner.memory_limit_env); nothing can change it later.
+        pass
 
     def is_oom(self, exc: BaseException) -> bool:
         return "RESOURCE_EXHAUSTED" in str(exc) or "out of memory" in str(exc).lower()

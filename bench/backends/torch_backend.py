@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from bench.backends import base
-from bench.backends.base import BackendInfo, Unsupported
+from bench.backends.base import BackendInfo, MemoryPeaks, Unsupported
 from bench.measure import HostTimer
 
 
@@ -148,15 +148,31 @@ class Backend:
         return buffer.zero_
 
     def reset_peak_memory(self, device: str) -> None:
-        if device == "cpu":
-            base.reset_host_peak()
-        else:
+        base.reset_host_peak()
+        if device != "cpu":
             self.torch.cuda.reset_peak_memory_stats(device)
+            self.torch.cuda.reset_peak_host_memory_stats()
 
-    def peak_memory(self, device: str) -> tuple[int | None, str]:
+    def peak_memory(self, device: str) -> MemoryPeaks:
         if device == "cpu":
-            return base.host_peak_bytes()
-        return self.torch.cuda.max_memory_allocated(device), "torch max_memory_allocated"
+            return base.host_peaks()
+        cuda = self.torch.cuda
+        pinned = cuda.host_memory_stats().get("allocated_bytes.peak")
+        return MemoryPeaks(
+            cuda.max_memory_allocated(device),
+            "torch max_memory_allocated",
+            reserved_bytes=cuda.max_memory_reserved(device),
+            held_bytes=cuda.memory_reserved(device),
+            pinned_bytes=pinned,
+        )
+
+    def limit_memory(self, device: str, limit_bytes: int) -> None:
+        if device == "cpu":
+            return
+        cuda = self.torch.cuda
+        # The fraction caps what the caching allocator reserves, of the device's total memory.
+        total_bytes = cuda.get_device_properties(device).total_memory
+        cuda.set_per_process_memory_fraction(min(1.0, limit_bytes / total_bytes), device)
 
     def is_oom(self, exc: BaseException) -> bool:
         oom = getattr(self.torch, "OutOfMemoryError", None)

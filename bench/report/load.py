@@ -52,8 +52,15 @@ def _v2_to_v3(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(impl=None, flops_alt=None, flops_alt_convention=None, tflops_alt=None)
 
 
+def _v3_to_v4(rows: pd.DataFrame) -> pd.DataFrame:
+    """Adds the memory, throughput-in-items and fit columns: none recorded before version 4
+    (peak_mem_bytes was already there); fit_search "" (no `bench fit` before version 4)."""
+    new = [name for name in COLUMNS if name not in rows.columns and name != "fit_search"]
+    return rows.assign(**dict.fromkeys(new), fit_search="")
+
+
 # version -> the step that turns rows of that version into rows of the next one
-_STEPS = {1: _v1_to_v2, 2: _v2_to_v3}
+_STEPS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 def migrate(rows: pd.DataFrame, version: int) -> pd.DataFrame:
