@@ -25,6 +25,7 @@ class Filters:
     dtypes: tuple[str, ...] | None = None
     device_kinds: tuple[str, ...] = ("cpu", "gpu")
     time_budget_s: float | None = None
+    memory_limit_bytes: int | None = None  # emulate a device of this size (--memory-limit)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ def plan(
         settings = entry.settings
         if filters.time_budget_s is not None:
             settings = dataclasses.replace(settings, time_budget_s=filters.time_budget_s)
+        if filters.memory_limit_bytes is not None:
+            settings = dataclasses.replace(settings, memory_limit_bytes=filters.memory_limit_bytes)
         workload = WORKLOADS[entry.workload]
         for backend in entry.backends:
             if filters.backends and backend not in filters.backends:
@@ -55,6 +58,11 @@ def plan(
                 if kind not in filters.device_kinds:
                     continue
                 targets = _targets(kind, gpus, gpu_reason, host_memory_bytes)
+                if filters.memory_limit_bytes is not None:
+                    targets = [
+                        (device, index, filters.memory_limit_bytes, reason)
+                        for device, index, _, reason in targets
+                    ]
                 if kind == "cpu" and backend in GPU_ONLY:
                     targets = [("cpu", None, None, GPU_ONLY[backend])]
                 for dtype in entry.dtypes:

@@ -4,6 +4,7 @@ row written for every case as soon as it finishes."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing as mp
 import os
 import signal
@@ -26,13 +27,17 @@ PROBE_TIMEOUT_S = 180.0
 # start a thread per core that keeps spinning after a reference and slows the timed calls of a
 # CPU backend; one thread is plenty at the checks' small sizes. (No framework reads this.)
 WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1"}
+# How often the resident memory of a worker under a host memory limit is read: a 20 ms poll
+# costs little and stops a runaway allocation within a few hundred MB.
+MEMORY_POLL_S = 0.02
 
 
 class Worker:
     """A backend's worker process; restarted after a crash or a timeout."""
 
-    def __init__(self, backend: str) -> None:
+    def __init__(self, backend: str, memory_limit_bytes: int | None = None) -> None:
         self.backend = backend
+        self.memory_limit_bytes = memory_limit_bytes
         self._proc: Any = None
         self._conn: Any = None
         self.info = BackendInfo(False, "not started")
@@ -42,7 +47,7 @@ class Worker:
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(
             target=_worker_entry,
-            args=(child, self.backend),
+            args=(child, self.backend, self.memory_limit_bytes),
             daemon=True,
             name=f"bench-{self.backend}",
         )
@@ -77,14 +82,49 @@ class Worker:
             if not info.available:
                 return Outcome("error", f"{self.backend} worker could not restart: {info.reason}")
         timeout_s = case.settings.case_timeout_s
+        limit = case.settings.memory_limit_bytes if case.device == "cpu" else None
         try:
             self._conn.send(case)
-            if self._conn.poll(timeout_s):
-                return self._conn.recv()
+            if limit is None:
+                if self._conn.poll(timeout_s):
+                    return self._conn.recv()
+            else:
+                return self._run_within(limit, timeout_s)
         except (EOFError, OSError, BrokenPipeError):
             reason = f"worker crashed ({self._exit_text()})"
+            if self._proc is not None and self._proc.exitcode == -signal.SIGKILL:
+                reason += ": the kernel's out-of-memory killer sends this signal"
             self.close()
-            return Outcome("error", reason)
+            return Outcome("oom" if "out-of-memory" in reason else "error", reason)
+        self.close()
+        return Outcome("timeout", f"no result within the case time limit of {timeout_s:g} s")
+
+    def _run_within(self, limit_bytes: int, timeout_s: float) -> Outcome:
+        """Wait for a CPU case's outcome while holding the worker to a host memory limit: its
+        resident memory is polled, and the worker is stopped as soon as it goes over (an
+        emulated out-of-memory); a peak between polls is caught by the worker's VmHWM."""
+        import psutil
+
+        process = psutil.Process(self._proc.pid)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self._conn.poll(MEMORY_POLL_S):
+                outcome: Outcome = self._conn.recv()
+                peak = outcome.host_peak_bytes
+                if outcome.status == "ok" and peak is not None and peak > limit_bytes:
+                    why = (
+                        f"peak resident memory {_gib(peak)} went over the limit {_gib(limit_bytes)}"
+                    )
+                    return dataclasses.replace(outcome, status="oom", reason=why)
+                return outcome
+            try:
+                rss = process.memory_info().rss
+            except psutil.Error:
+                continue  # it exited: the next poll reads its outcome or the pipe's end
+            if rss > limit_bytes:
+                self.close()
+                why = f"resident memory {_gib(rss)} went over the limit {_gib(limit_bytes)}"
+                return Outcome("oom", why + " (worker stopped)")
         self.close()
         return Outcome("timeout", f"no result within the case time limit of {timeout_s:g} s")
 
@@ -110,10 +150,14 @@ class Worker:
         self._proc = None
 
 
-def _worker_entry(conn: Any, backend: str) -> None:
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.2f} GiB"
+
+
+def _worker_entry(conn: Any, backend: str, memory_limit_bytes: int | None) -> None:
     # Ctrl-C reaches the whole process group; the parent handles it and stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    worker_main(conn, backend)
+    worker_main(conn, backend, memory_limit_bytes)
 
 
 def probe_backends(backends: Iterable[str]) -> dict[str, BackendInfo]:
@@ -150,7 +194,7 @@ def execute(
             for item in items:
                 started = time.perf_counter()
                 if worker is None and not item.skip_reason:
-                    worker = Worker(backend)
+                    worker = Worker(backend, item.case.settings.memory_limit_bytes)
                     infos[backend] = worker.start()
                 outcome = _skip_reason(item, infos.get(backend))
                 if outcome is None and (why := limits.reason(item.case)):

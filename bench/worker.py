@@ -10,29 +10,48 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import os
 import traceback
 from dataclasses import asdict
 from multiprocessing.connection import Connection
 from typing import Any
 
-from bench.backends import load
+from bench.backends import base, load
 from bench.backends.base import Unsupported
 from bench.case import Case, Outcome
 from bench.measure import TooSlow, measure
 from bench.workloads import WORKLOADS
 
+# How a case whose --memory-limit cannot even hold the process's fixed overhead is told apart.
+OVER_LIMIT = "the memory limit of"
 SEED = 20261123  # inputs are seeded so every run measures the same data
 # The first case on a GPU warms up this long instead of its own warmup_s: an idle GPU sits at a
 # low clock, and METHOD.md asks for the device to be warm before a sweep starts.
 DEVICE_WARMUP_S = 2.0
 
 
-def worker_main(conn: Connection, backend: str) -> None:
+def worker_main(conn: Connection, backend: str, memory_limit_bytes: int | None = None) -> None:
+    from bench import nvml
+
     bk = load(backend)
+    gpus, _ = nvml.list_gpus()
+    if backend == "jax" and memory_limit_bytes is not None and gpus:
+        from bench.backends.jax_backend import start_limit_env
+
+        totals = [gpu.memory_bytes for gpu in gpus if gpu.memory_bytes]
+        if totals:  # XLA reads its cap once, before start-up
+            os.environ.update(start_limit_env(memory_limit_bytes, min(totals)))
+    # Device memory in use before this process touched a GPU: what its own CUDA context and
+    # pools add is measured against it where NVML cannot list processes (containers).
+    start_used = {gpu.nvml_index: nvml.used_bytes(gpu.nvml_index) for gpu in gpus}
     info = bk.probe()
+    # On the CPU, the fixed cost of a backend is the worker's resident memory once the
+    # framework is imported and started.
+    info.details["fixed_overhead_bytes"] = base.host_rss_bytes()
     conn.send(asdict(info))
     if not info.available:
         return
+    memory = _WorkerMemory(start_used, info.details["fixed_overhead_bytes"])
     warmed: set[str] = {"cpu"}
     while (case := conn.recv()) is not None:
         if case.device not in warmed:
@@ -40,7 +59,7 @@ def worker_main(conn: Connection, backend: str) -> None:
             case = dataclasses.replace(
                 case, settings=dataclasses.replace(case.settings, warmup_s=warmup_s)
             )
-        outcome = run_case(bk, case)
+        outcome = run_case(bk, case, memory)
         if outcome.status == "ok":
             warmed.add(case.device)
         conn.send(outcome)
@@ -49,14 +68,28 @@ def worker_main(conn: Connection, backend: str) -> None:
             bk.release()
 
 
-def run_case(bk: Any, case: Case) -> Outcome:
+@dataclasses.dataclass
+class _WorkerMemory:
+    """What a worker knows about memory beyond one case: the device memory in use before it
+    started (per NVML index) and its own resident memory after start-up."""
+
+    start_used: dict[int, int | None]
+    cpu_fixed_bytes: int | None
+
+
+def run_case(bk: Any, case: Case, memory: _WorkerMemory | None = None) -> Outcome:
     """Set up, check, then time one case; every failure becomes an Outcome with a status."""
     device, dtype = case.device, case.dtype
+    memory = memory or _WorkerMemory({}, base.host_rss_bytes())
     known: dict[str, Any] = {}
     try:
         known["device_name"] = bk.device_name(device)
         known["precision"] = bk.set_precision(dtype, device)
         known["threads"] = bk.threads(device)
+        if device != "cpu":
+            known.update(_device_baseline(bk, case, memory))
+        else:
+            known["fixed_overhead_bytes"] = memory.cpu_fixed_bytes
         flush = bk.flusher(device) if case.settings.l2_flush else None
         known["cache"] = "hot" if flush is None else "cold"
         prepared = WORKLOADS[case.workload].setup(bk, device, dtype, case.params_dict(), SEED)
@@ -71,17 +104,26 @@ def run_case(bk: Any, case: Case) -> Outcome:
         # After the check: the peak covers the case's own buffers and its timed calls, not the
         # check's (small) reference instance.
         bk.reset_peak_memory(device)
+        base.reset_host_peak()
         measured = measure(prepared.run, bk.sync, timer, case.settings, flush, telemetry)
-        peak_bytes, peak_source = bk.peak_memory(device)
+        peaks = bk.peak_memory(device)
         if measured.calls_per_sample > 1:
             known["cache"] = "hot"  # only the first call of a batched sample follows a flush
+        if device != "cpu" and known.get("device_baseline_bytes") is not None:
+            peak_used = telemetry.peak_used_bytes()
+            if peak_used is not None:
+                known["device_used_bytes"] = max(0, peak_used - known["device_baseline_bytes"])
         return Outcome(
             "ok",
             first_call_s=measured.first_call_s,
             samples_s=measured.samples_s,
             calls_per_sample=measured.calls_per_sample,
-            peak_mem_bytes=peak_bytes,
-            peak_mem_source=peak_source,
+            peak_mem_bytes=peaks.allocated_bytes,
+            peak_mem_source=peaks.source,
+            peak_reserved_bytes=peaks.reserved_bytes,
+            host_peak_bytes=base.host_peak_bytes()[0],
+            pinned_peak_bytes=peaks.pinned_bytes,
+            memory_parts=prepared.memory_parts() if prepared.memory_parts else {},
             telemetry=telemetry.summary(),
             **known,
         )
@@ -91,6 +133,35 @@ def run_case(bk: Any, case: Case) -> Outcome:
         # MemoryError: a host allocation failed (numpy, or the float64 reference of a check).
         status = "oom" if isinstance(exc, MemoryError) or bk.is_oom(exc) else "error"
         return Outcome(status, _one_line(exc), **known)
+
+
+def _device_baseline(bk: Any, case: Case, memory: _WorkerMemory) -> dict[str, Any]:
+    """Before a GPU case: the device's used memory (NVML), and what this process holds outside
+    its framework's allocator (the fixed overhead: CUDA context, library handles and
+    workspaces). With a memory limit, the allocator gets the limit less that overhead."""
+    from bench import nvml
+
+    bk.sync(bk.randn((1,), "float32", case.device, 0))  # the CUDA context exists from here on
+    index = case.nvml_index
+    baseline = None if index is None else nvml.used_bytes(index)
+    held = bk.peak_memory(case.device).held_bytes or 0
+    fixed = None
+    if index is not None:
+        own = nvml.process_used_bytes(index, os.getpid())
+        start = memory.start_used.get(index)
+        if own is None and baseline is not None and start is not None:
+            own = baseline - start  # assumes no other process changed its use meanwhile
+        fixed = None if own is None else max(0, own - held)
+    limit = case.settings.memory_limit_bytes
+    if limit is not None:
+        overhead = fixed if fixed is not None else base.ASSUMED_CONTEXT_BYTES
+        if limit <= overhead:
+            raise Unsupported(
+                f"{OVER_LIMIT} {limit / 2**30:.2f} GiB is below this process's fixed "
+                f"overhead on the device ({overhead / 2**30:.2f} GiB: CUDA context, workspaces)"
+            )
+        bk.limit_memory(case.device, limit - overhead)
+    return {"device_baseline_bytes": baseline, "fixed_overhead_bytes": fixed}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -112,3 +183,6 @@ class _NoTelemetry(contextlib.nullcontext):
         from bench import nvml
 
         return nvml.empty_telemetry()
+
+    def peak_used_bytes(self) -> int | None:
+        return None
