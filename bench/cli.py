@@ -7,6 +7,7 @@ failures never reach this level, they are rows with a status.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import uuid
@@ -29,6 +30,43 @@ from bench.runner import execute, probe_backends
 from bench.workloads import WORKLOADS
 
 DEFAULT_SUITE = "default"
+DEFAULT_FIT_DTYPES = ("float32", "bfloat16")
+FIT_TARGETS = ("resnet50", "gpt2-small", "bert-base", "lstm-lm", "attention")
+DEFAULT_FIT_MARGIN = 0.05
+MEMORY_LIMIT_HELP = (
+    "emulate a device with this much memory, e.g. 24GiB, 16GB, 512MiB: caps the GPU "
+    "allocators (torch, JAX, CuPy) or, on the CPU, the worker's resident memory"
+)
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 2**10,
+    "kb": 10**3,
+    "kib": 2**10,
+    "m": 2**20,
+    "mb": 10**6,
+    "mib": 2**20,
+    "g": 2**30,
+    "gb": 10**9,
+    "gib": 2**30,
+    "t": 2**40,
+    "tb": 10**12,
+    "tib": 2**40,
+}
+
+
+def parse_bytes(text: str, what: str = "--memory-limit") -> int:
+    """ "24GiB", "24 GB", "512MiB", "1.5g" as bytes (GB = 10^9, GiB and a bare G = 2^30)."""
+    import re
+
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise UserError(f"{what}: expected a size like 24GiB, 16GB or 512MiB, got {text!r}")
+    value = int(float(match.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise UserError(f"{what}: the size must be positive, got {text!r}")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--out", default="results", help="results directory (default: results)")
     run.add_argument("--label", help="label for this machine (default: hostname)")
+    run.add_argument("--memory-limit", metavar="SIZE", help=MEMORY_LIMIT_HELP)
     run.add_argument(
         "--dry-run",
         action="store_true",
@@ -89,6 +128,53 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="pool the samples of every run of a machine (default: its latest run of each case)",
     )
+
+    fit = sub.add_parser(
+        "fit",
+        help="find the largest batch (or sequence) that trains without running out of memory",
+    )
+    fit.add_argument(
+        "targets",
+        nargs="*",
+        metavar="MODEL",
+        help=f"{', '.join(FIT_TARGETS)} (default: the four models)",
+    )
+    fit.add_argument("--backend", default="torch", help="torch or jax (default: torch)")
+    fit.add_argument(
+        "--device", help="cpu, or cuda:N (default: cuda:0 where NVML sees a GPU, else cpu)"
+    )
+    fit.add_argument(
+        "--precision",
+        action="append",
+        help="dtypes: float32, tf32, bfloat16 (AMP), float16 (AMP) (default: float32,bfloat16)",
+    )
+    fit.add_argument(
+        "--checkpointing", default="off,on", help="off, on or off,on (default: off,on)"
+    )
+    fit.add_argument("--optimizer", action="append", help="sgd, adamw (default: adamw)")
+    fit.add_argument(
+        "--search", choices=("batch", "seq"), help="what to search (default: batch; attention: seq)"
+    )
+    fit.add_argument("--batch", type=int, help="the batch when searching seq (default 1)")
+    fit.add_argument("--seq", type=int, help="the sequence length when searching batch")
+    fit.add_argument("--image", type=int, help="ResNet-50's image side (default 224)")
+    fit.add_argument("--size", default="full", help="full (default) or tiny: the model's size")
+    fit.add_argument(
+        "--impl", default="naive", help="attention: the implementation (default naive)"
+    )
+    fit.add_argument("--heads", type=int, help="attention: heads (default 32)")
+    fit.add_argument("--head-dim", type=int, help="attention: head dimension (default 128)")
+    fit.add_argument("--causal", action="store_true", help="attention: causal")
+    fit.add_argument("--memory-limit", metavar="SIZE", help=MEMORY_LIMIT_HELP)
+    fit.add_argument(
+        "--margin",
+        type=float,
+        default=DEFAULT_FIT_MARGIN,
+        help=f"share of memory left free by the recommended batch (default {DEFAULT_FIT_MARGIN})",
+    )
+    fit.add_argument("--max", type=int, help="search ceiling (default: batch 4096, seq 131072)")
+    fit.add_argument("--out", default="results", help="results directory (default: results)")
+    fit.add_argument("--label", help="label for this machine (default: hostname)")
 
     check = sub.add_parser(
         "check-timing", help="compare the harness with a bare timing loop (torch)"
@@ -217,6 +303,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     gpus = _select_gpus(gpus, args.gpus)
     memory = machine["memory"]  # a "not available: ..." string where psutil could not tell
     host_memory_bytes = memory.get("total_bytes", 0) if isinstance(memory, dict) else 0
+    if args.memory_limit is not None:
+        limit = parse_bytes(args.memory_limit)
+        devices = [("cpu", host_memory_bytes)] if "cpu" in filters.device_kinds else []
+        if "gpu" in filters.device_kinds:
+            devices += [(f"cuda:{g.index}", g.memory_bytes) for g in gpus]
+        _check_limit(limit, devices)
+        filters = dataclasses.replace(filters, memory_limit_bytes=limit)
     planned = list(plan(suite, filters, gpus, gpu_reason or "", host_memory_bytes))
     if not planned:
         raise UserError(f"nothing to run: the filters leave no case of suite {suite.name!r}")
@@ -281,6 +374,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_limit(limit_bytes: int, devices: list[tuple[str, int | None]]) -> None:
+    """A UserError where a --memory-limit exceeds a device it applies to."""
+    for device, memory_bytes in devices:
+        if memory_bytes and limit_bytes > memory_bytes:
+            where = "system RAM" if device == "cpu" else f"{device}'s memory"
+            raise UserError(
+                f"--memory-limit: {limit_bytes / 2**30:.2f} GiB is larger than {where} "
+                f"({memory_bytes / 2**30:.2f} GiB); a limit emulates a smaller device"
+            )
+
+
 def _plan_text(planned: list[Planned]) -> str:
     """Cases per backend, device and dtype, and the reasons of those planned as skipped."""
     groups = Counter((p.case.backend, p.case.device, p.case.dtype) for p in planned)
@@ -304,6 +408,137 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit(args: argparse.Namespace) -> int:
+    from bench import fit
+    from bench.discover import describe_machine, flat_machine_columns
+    from bench.models import spec
+
+    targets = list(_choices(args.targets or None, FIT_TARGETS, "model") or spec.MODELS)
+    backend = (_choices([args.backend], ("torch", "jax"), "backend") or ("torch",))[0]
+    dtypes = list(_choices(args.precision, spec.TRAIN_DTYPES, "precision") or DEFAULT_FIT_DTYPES)
+    ckpt_names = _choices([args.checkpointing], ("off", "on"), "checkpointing") or ("off",)
+    optimizers = list(_choices(args.optimizer, spec.OPTIMIZERS, "optimizer") or ("adamw",))
+    if args.size not in spec.SIZES:
+        raise UserError(f"--size: unknown {args.size!r}; valid: {', '.join(spec.SIZES)}")
+    for name in ("batch", "seq", "image", "heads", "head_dim", "max"):
+        value = getattr(args, name)
+        if value is not None and not 1 <= value <= 2**31:
+            raise UserError(f"--{name.replace('_', '-')}: {value} is not a positive size")
+    if not 0 <= args.margin < 1:
+        raise UserError(f"--margin: {args.margin} is not a fraction in [0, 1)")
+    if args.search == "seq" and "resnet50" in targets:
+        raise UserError("--search seq: resnet50 takes images, not sequences; search its batch")
+    if args.image is not None and args.image < 32:
+        raise UserError(f"--image: {args.image} is below ResNet-50's 32 pixels")
+    if "attention" in targets:
+        from bench.workloads.attention import IMPLS
+
+        if args.impl not in IMPLS:
+            raise UserError(f"--impl: unknown {args.impl!r}; valid: {', '.join(IMPLS)}")
+
+    machine = describe_machine(args.label)
+    gpus, gpu_reason = nvml.list_gpus()
+    device = args.device or ("cuda:0" if gpus else "cpu")
+    memory = machine["memory"]
+    ram_bytes = memory.get("total_bytes", 0) if isinstance(memory, dict) else 0
+    if device == "cpu":
+        nvml_index, device_bytes = None, ram_bytes
+    else:
+        index = device.removeprefix("cuda:")
+        gpu = next((g for g in gpus if str(g.index) == index), None)
+        if gpu is None:
+            have = ", ".join(f"cuda:{g.index}" for g in gpus) or f"none ({gpu_reason})"
+            raise UserError(f"--device: no GPU {device!r}; GPUs here: {have}")
+        nvml_index, device_bytes = gpu.nvml_index, gpu.memory_bytes
+    limit = parse_bytes(args.memory_limit) if args.memory_limit else None
+    if limit is not None:
+        _check_limit(limit, [(device, device_bytes)])
+    elif device == "cpu":
+        import psutil
+
+        limit = psutil.virtual_memory().available  # the CPU's budget: what is free now
+    key = args.search
+    fixed = {
+        "size": args.size,
+        "batch": args.batch,
+        "seq": args.seq,
+        "image": args.image,
+        "impl": args.impl,
+        "heads": args.heads,
+        "head_dim": args.head_dim,
+        "causal": args.causal,
+    }
+    ckpts = [name == "on" for name in ckpt_names]
+    plans = fit.searches(targets, dtypes, ckpts, optimizers, key, fixed)
+
+    started_at = datetime.now(UTC)
+    run_id = f"{started_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+    run = {
+        "run_id": run_id,
+        "machine_id": machine["machine_id"],
+        "label": machine["label"],
+        "started_at": started_at,
+        "suite": "fit",
+        "argv": ["bench", *args.argv],
+        "backends": {},
+    }
+    path = Path(args.out) / machine["machine_id"] / f"{run_id}-fit.parquet"
+    check_writable(path.parent)
+    results = ResultsFile(path, machine, run)
+    machine_columns = flat_machine_columns(machine)
+
+    def record(
+        case: Case, outcome: Outcome, info: BackendInfo, wall_s: float, searched: str
+    ) -> dict[str, Any]:
+        if info.version:
+            run["backends"][case.backend] = asdict(info)
+        row = make_row(
+            run,
+            machine_columns,
+            case,
+            outcome,
+            info.version,
+            wall_s,
+            datetime.now(UTC),
+            info.runtime_version,
+            fit_search=searched,
+        )
+        results.append(row)
+        value = case.params_dict().get(searched, case.params_dict().get("seq_q"))
+        fit.print_err(
+            f"  {searched} {value}: {outcome.status} {_need_text(row)}{outcome.reason[:120]}"
+        )
+        return row
+
+    target = fit.Target("fit", backend, device, nvml_index, limit)
+    budget = f"{limit / 2**30:.2f} GiB" if limit else "the whole device"
+    print(f"bench: fit on {device} ({budget}), {len(plans)} searches -> {path}", file=sys.stderr)
+    lines = []
+    try:
+        for one in plans:
+            fit.print_err(one.describe())
+            max_value = args.max or fit.DEFAULT_MAX[one.key]
+            result = fit.run_search(one, target, record, max_value, args.margin)
+            line = fit.result_line(one, result, limit or device_bytes, args.margin)
+            lines.append(line)
+            print(line, flush=True)
+    except KeyboardInterrupt:
+        print(f"bench: interrupted; {len(results.rows)} trials are in {path}", file=sys.stderr)
+        return 130
+    table = fit.table_text(results.rows, args.margin)
+    if table:
+        print(table)
+    print(f"{len(results.rows)} trials -> {path}")
+    return 0
+
+
+def _need_text(row: dict[str, Any]) -> str:
+    from bench.fitsearch import need_bytes
+
+    need = need_bytes(row) if row["status"] == "ok" else None
+    return "" if need is None else f"(needs {need / 2**30:.2f} GiB) "
+
+
 def cmd_check_timing(args: argparse.Namespace) -> int:
     from bench.timing_check import check_timing
 
@@ -316,4 +551,5 @@ COMMANDS: dict[str, Any] = {
     "run": cmd_run,
     "report": cmd_report,
     "check-timing": cmd_check_timing,
+    "fit": cmd_fit,
 }

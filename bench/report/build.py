@@ -13,6 +13,7 @@ from bench.report.cost import load_prices
 from bench.report.html import render as render_html
 from bench.report.load import latest_per_case, load, pool_runs
 from bench.report.markdown import render as render_markdown
+from bench.report.memory import memory_frames
 from bench.report.peaks import load_peaks
 from bench.report.scoreboard import scoreboard
 from bench.report.sections import Context, best_rows, peak_share, row_throughput, sections
@@ -40,7 +41,11 @@ def build(
 ) -> tuple[list[Path], list[str]]:
     """Write the report files; return their paths and the warnings about unreadable files."""
     loaded = load(list(paths))
-    rows = pool_runs(loaded.rows) if pool else latest_per_case(loaded.rows)
+    # `bench fit` trials measure memory, not speed: only the memory section reads them.
+    timed = loaded.rows[loaded.rows["fit_search"].fillna("") == ""]
+    if timed.empty:
+        timed = loaded.rows  # a report of fit trials alone still needs its machines and runs
+    rows = pool_runs(timed) if pool else latest_per_case(timed)
     labels = machine_labels(rows)
     by_label = {label: machine_id for machine_id, label in labels.items()}
     if baseline_label is None:
@@ -75,6 +80,9 @@ def build(
     _scoreboard_frame(ctx).to_csv(written["scoreboard.csv"], index=False)
     _best_frame(ctx).to_csv(written["best.csv"], index=False)
     _verdict_frame(ctx).to_csv(written["verdict.csv"], index=False)
+    for name, frame in memory_frames(ctx).items():
+        written[name] = out_dir / name
+        frame.to_csv(written[name], index=False)
     return list(written.values()), loaded.warnings
 
 

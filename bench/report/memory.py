@@ -226,8 +226,10 @@ def _saving(
 
 
 def fits_on_frames(ctx: Context) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """bench.fitsearch's prediction table and prediction check of the report's rows."""
-    return fitsearch.prediction_table(ctx.cases), fitsearch.prediction_check(ctx.cases)
+    """bench.fitsearch's prediction table and prediction check, from every training row read
+    (`bench fit` trials and ordinary runs, every run: each adds points to the linear fits)."""
+    rows = ctx.loaded.rows
+    return fitsearch.prediction_table(rows), fitsearch.prediction_check(rows)
 
 
 def fit_search_frame(ctx: Context) -> pd.DataFrame:

@@ -646,12 +646,19 @@ def unread_files(ctx: Context) -> list[Section]:
     return [Section("Files not read", [Text(w) for w in ctx.loaded.warnings], anchor="unread")]
 
 
+def memory(ctx: Context) -> list[Section]:
+    from bench.report.memory import memory as memory_sections  # it imports this module
+
+    return memory_sections(ctx)
+
+
 SECTIONS: list[Callable[[Context], list[Section]]] = [
     machines,
     runs,
     verdict,
     scoreboard,
     workloads,
+    memory,
     cost,
     energy,
     caveats,
