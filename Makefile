@@ -1,11 +1,13 @@
 # make bench   set up (first time) and run the default suite; results land in results/
 # make test    set up (first time), lint and run the tests
+# make fit     the largest batch that trains per model (`bench fit $(FIT_ARGS)`)
 #
 # PYTHON=/path/to/python  use an interpreter that already has the dependencies and skip setup
 #                         (e.g. a GPU machine without a package registry)
 # SUITE=name|path.toml    suite for make bench (default: default)
 # ARGS="..."              extra arguments for `bench run`, e.g. ARGS="--device gpu --gpus all"
 # PYTEST_ARGS="..."       extra arguments for pytest
+# FIT_ARGS="..."          arguments for `bench fit`, e.g. FIT_ARGS="gpt2-small --memory-limit 24GiB"
 # REPORT_ARGS="..."       extra arguments for `bench report`, e.g. REPORT_ARGS="--prices p.toml"
 # BENCH_CHROMIUM=path     browser for the tests that render HTML (default: chromium on PATH;
 #                         make test installs Debian's chromium as root, else they skip)
@@ -15,6 +17,7 @@ SUITE ?= default
 ARGS ?=
 PYTEST_ARGS ?=
 REPORT_ARGS ?=
+FIT_ARGS ?=
 PYTHON ?=
 
 ifeq ($(strip $(PYTHON)),)
@@ -27,7 +30,7 @@ BENCH_READY :=
 TEST_READY :=
 endif
 
-.PHONY: bench test lint info list report check-timing setup clean
+.PHONY: bench test lint info list report check-timing fit setup clean
 
 bench: $(BENCH_READY)
 	$(PY) -m bench run $(SUITE) $(ARGS)
@@ -52,6 +55,9 @@ report: $(BENCH_READY)
 
 check-timing: $(BENCH_READY)
 	$(PY) -m bench check-timing $(ARGS)
+
+fit: $(BENCH_READY)
+	$(PY) -m bench fit $(FIT_ARGS)
 
 setup: $(TEST_READY)
 

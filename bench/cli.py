@@ -510,7 +510,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         )
         return row
 
-    target = fit.Target("fit", backend, device, nvml_index, limit)
+    target = fit.Target("fit", backend, device, nvml_index, limit, device_bytes)
     budget = f"{limit / 2**30:.2f} GiB" if limit else "the whole device"
     print(f"bench: fit on {device} ({budget}), {len(plans)} searches -> {path}", file=sys.stderr)
     lines = []

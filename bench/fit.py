@@ -78,6 +78,7 @@ class Target:
     device: str
     nvml_index: int | None
     memory_limit_bytes: int | None
+    device_memory_bytes: int | None = None  # the whole GPU (or RAM), for the search's guesses
 
 
 Record = Callable[[Case, Outcome, Any, float, str], dict[str, Any]]
@@ -130,7 +131,7 @@ def run_search(
         start=unit,
         unit=unit,
         max_value=max_value,
-        memory_bytes=target.memory_limit_bytes,
+        memory_bytes=target.memory_limit_bytes or target.device_memory_bytes,
     )
 
 

@@ -254,7 +254,7 @@ def test_flat_columns_two_identical_gpus() -> None:
         "ram_bytes": 1536 * GIB,
         "gpu_name": "2 x NVIDIA H200",
         "gpu_memory_bytes": 80 * GIB,
-        "gpu_total_memory_bytes": 160 * GIB,
+        "gpu_total_memory_bytes": 161 * GIB,  # 80 + 81 GiB
         "driver_version": "580.159.04",
     }
 
@@ -277,7 +277,8 @@ def test_flat_columns_gpu_name(names: list[str], expected: str | None) -> None:
 def test_flat_columns_of_a_real_description(no_nvml: str) -> None:
     flat = flat_machine_columns(describe_machine())
     assert set(flat) == {
-        "cpu_model", "cpu_cores", "ram_bytes", "gpu_name", "gpu_memory_bytes", "driver_version",
+        "cpu_model", "cpu_cores", "ram_bytes", "gpu_name", "gpu_memory_bytes",
+        "gpu_total_memory_bytes", "driver_version",
     }  # fmt: skip
     assert flat["ram_bytes"] == psutil.virtual_memory().total
     assert flat["gpu_name"] is None
