@@ -91,9 +91,14 @@ def _shape(params_json: str) -> str:
 
 
 def _result(row: dict[str, Any]) -> str:
-    if row["status"] == "ok":
-        return f"{row['tflops']:.3f} TFLOP/s (median {row['time_median_s'] * 1e3:.3f} ms)"
-    return f"{row['status']} ({row['reason'][:80]})"
+    if row["status"] != "ok":
+        return f"{row['status']} ({row['reason'][:80]})"
+    text = f"{row['tflops']:.3f} TFLOP/s (median {row['time_median_s'] * 1e3:.3f} ms)"
+    if row.get("items_per_s") is not None:  # training steps: samples/s or tokens/s too
+        text = f"{row['items_per_s']:.4g} {row['item_unit']}/s, " + text
+    if row.get("peak_mem_bytes") is not None and row.get("mem_estimate_bytes") is not None:
+        text += f", peak {row['peak_mem_bytes'] / 2**30:.2f} GiB"
+    return text
 
 
 FIGURE = re.compile(r"(?<![\w.])[0-9][0-9.e+]*")  # 12, 0.5, 1.07e+09; not tf32 or e4m3

@@ -27,3 +27,13 @@ def test_a_logged_line_puts_the_result_before_the_parameters() -> None:
     assert "rnn/lstm torch cpu float32: skipped" in line
     assert line.rstrip().endswith("[batch=8 forward]")
     assert line.index("too slow") < line.index("[batch=8")
+
+
+def test_a_training_step_shows_its_items_per_second_and_peak() -> None:
+    from bench.progress import _result
+
+    row = {"status": "ok", "tflops": 0.05, "time_median_s": 0.5, "items_per_s": 2048.0}
+    row |= {"item_unit": "tokens", "peak_mem_bytes": 3 * 2**30, "mem_estimate_bytes": 1}
+    assert _result(row) == "2048 tokens/s, 0.050 TFLOP/s (median 500.000 ms), peak 3.00 GiB"
+    matmul = {"status": "ok", "tflops": 1.5, "time_median_s": 0.001, "items_per_s": None}
+    assert _result(matmul) == "1.500 TFLOP/s (median 1.000 ms)"
