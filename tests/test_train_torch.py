@@ -38,7 +38,7 @@ def test_param_count_matches_spec(model: str, size: str) -> None:
     assert tm.param_count(built) == spec.param_count(cfg)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(
     kind=st.sampled_from(["gpt2", "bert"]),
     layers=st.integers(1, 3),
@@ -55,7 +55,7 @@ def test_transformer_param_count_any_shape(
     assert tm.param_count(tm.build(cfg, 0)) == spec.param_count(cfg)
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(
     blocks=st.lists(st.integers(1, 2), min_size=1, max_size=4),
     width=st.integers(1, 6),
@@ -244,9 +244,14 @@ def test_amp_step_and_impl(torch_backend: Any) -> None:
     assert all(q.dtype == torch.float32 for q in master)  # fp32 master weights under AMP
 
 
-def test_tf32_is_unsupported_on_cpu(torch_backend: Any) -> None:
-    with pytest.raises(Unsupported):
+def test_unsupported_cases(torch_backend: Any) -> None:
+    with pytest.raises(Unsupported, match="tf32"):
         tt.prepare(torch_backend, "cpu", "tf32", params("gpt2-small"), seed=0)
+    # One sample whose last stage is 1×1: batch norm has one value per channel (torch raises
+    # at the first step; here the case is skipped with the reason). Two samples train.
+    with pytest.raises(Unsupported, match="one value per channel"):
+        tt.prepare(torch_backend, "cpu", "float32", params("resnet50", batch=1), seed=0)
+    tt.prepare(torch_backend, "cpu", "float32", params("resnet50", batch=1, image=64), 0).run()
 
 
 def test_full_size_positions_follow_seq() -> None:

@@ -261,7 +261,9 @@ def build(cfg: Any, seed: int, checkpointing: bool = False) -> nn.Module:
     else:
         cls = MODULES[type(cfg)]
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        # The CPU generator only (weights are drawn on the CPU): torch.manual_seed would also
+        # reseed every CUDA generator, outside what fork_rng restores.
+        torch.random.default_generator.manual_seed(seed)
         model = cls(cfg)
     model.checkpointing = checkpointing
     return model

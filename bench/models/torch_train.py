@@ -17,7 +17,7 @@ the next token (seq + 1 tokens are drawn), BERT gets targets drawn independently
 position; ResNet-50 gets N(0, 1) images (channels-last on GPUs, cuDNN's tensor-core layout) and
 uniform class labels. The same batch is used every step.
 
-The check builds the same model code at the tiny size (batch 2, seq ≤ 16, image 32) with the
+The check builds the same model code at the tiny size (batch 2, seq ≤ 16, image 64) with the
 case's device, precision and checkpointing, runs one forward and backward through the same
 `_loss_and_grads` the step uses (loss scaling and unscaling included), and compares the loss and
 every parameter's gradient (one concatenated vector) with a float64 copy of that tiny model
@@ -285,6 +285,14 @@ def prepare(bk: Any, device: str, dtype: str, p: dict[str, Any], seed: int) -> P
         raise Unsupported(f"training steps run in {', '.join(spec.TRAIN_DTYPES)}, not {dtype}")
     bk.native_dtype(dtype, device)  # Unsupported: tf32 on a CPU or a pre-Ampere GPU
     cfg = spec.config(p["model"], p["size"], p)
+    if (
+        isinstance(cfg, spec.ResNet)
+        and p["batch"] * spec.resnet_convs(cfg, p["image"])[-1][3] ** 2 < 2
+    ):
+        raise Unsupported(
+            "batch norm in training mode needs more than one value per channel: "
+            f"batch {p['batch']} at {p['image']} pixels leaves one in the last stage"
+        )
     model = build(cfg, seed, p["checkpointing"])
     host = make_batch(p["model"], cfg, p["batch"], _length(p), seed + 1)
     step = Step(model, p["optimizer"], device, dtype, host)
