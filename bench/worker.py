@@ -109,10 +109,8 @@ def run_case(bk: Any, case: Case, memory: _WorkerMemory | None = None) -> Outcom
         peaks = bk.peak_memory(device)
         if measured.calls_per_sample > 1:
             known["cache"] = "hot"  # only the first call of a batched sample follows a flush
-        if device != "cpu" and known.get("device_baseline_bytes") is not None:
-            peak_used = telemetry.peak_used_bytes()
-            if peak_used is not None:
-                known["device_used_bytes"] = max(0, peak_used - known["device_baseline_bytes"])
+        if device != "cpu":
+            known.update(_device_after(bk, case, memory, telemetry, known))
         return Outcome(
             "ok",
             first_call_s=measured.first_call_s,
@@ -137,21 +135,13 @@ def run_case(bk: Any, case: Case, memory: _WorkerMemory | None = None) -> Outcom
 
 def _device_baseline(bk: Any, case: Case, memory: _WorkerMemory) -> dict[str, Any]:
     """Before a GPU case: the device's used memory (NVML), and what this process holds outside
-    its framework's allocator (the fixed overhead: CUDA context, library handles and
-    workspaces). With a memory limit, the allocator gets the limit less that overhead."""
+    its framework's allocator (CUDA context, library handles). With a memory limit, the
+    allocator gets the limit less that overhead."""
     from bench import nvml
 
     bk.sync(bk.randn((1,), "float32", case.device, 0))  # the CUDA context exists from here on
-    index = case.nvml_index
-    baseline = None if index is None else nvml.used_bytes(index)
-    held = bk.peak_memory(case.device).held_bytes or 0
-    fixed = None
-    if index is not None:
-        own = nvml.process_used_bytes(index, os.getpid())
-        start = memory.start_used.get(index)
-        if own is None and baseline is not None and start is not None:
-            own = baseline - start  # assumes no other process changed its use meanwhile
-        fixed = None if own is None else max(0, own - held)
+    baseline = None if case.nvml_index is None else nvml.used_bytes(case.nvml_index)
+    fixed = _outside_allocator_bytes(bk, case, memory, baseline)
     limit = case.settings.memory_limit_bytes
     if limit is not None:
         overhead = fixed if fixed is not None else base.ASSUMED_CONTEXT_BYTES
@@ -162,6 +152,44 @@ def _device_baseline(bk: Any, case: Case, memory: _WorkerMemory) -> dict[str, An
             )
         bk.limit_memory(case.device, limit - overhead)
     return {"device_baseline_bytes": baseline, "fixed_overhead_bytes": fixed}
+
+
+def _device_after(
+    bk: Any, case: Case, memory: _WorkerMemory, telemetry: Any, known: dict[str, Any]
+) -> dict[str, Any]:
+    """After a GPU case: NVML's peak over the baseline, and the fixed overhead again: library
+    workspaces made during the case (cuDNN, cuBLAS outside the pool) count too."""
+    from bench import nvml
+
+    out: dict[str, Any] = {}
+    baseline, peak_used = known.get("device_baseline_bytes"), telemetry.peak_used_bytes()
+    if baseline is not None and peak_used is not None:
+        out["device_used_bytes"] = max(0, peak_used - baseline)
+    used_now = None if case.nvml_index is None else nvml.used_bytes(case.nvml_index)
+    after = _outside_allocator_bytes(bk, case, memory, used_now)
+    before = known.get("fixed_overhead_bytes")
+    if after is not None:
+        out["fixed_overhead_bytes"] = max(after, before or 0)
+    return out
+
+
+def _outside_allocator_bytes(
+    bk: Any, case: Case, memory: _WorkerMemory, used_now: int | None
+) -> int | None:
+    """Device memory this process holds beyond its allocator's pool: NVML's figure for this
+    process (where NVML cannot list it, the device's use now less before the worker started,
+    assuming no other process changed its own) less what the pool holds."""
+    from bench import nvml
+
+    index = case.nvml_index
+    if index is None:
+        return None
+    own = nvml.process_used_bytes(index, os.getpid())
+    start = memory.start_used.get(index)
+    if own is None and used_now is not None and start is not None:
+        own = used_now - start
+    held = bk.peak_memory(case.device).held_bytes or 0
+    return None if own is None else max(0, own - held)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -273,3 +273,127 @@ def test_a_cpu_budget_below_the_workers_start_up_memory_is_exit_2(tmp_path: Any)
 def test_outcome_defaults_leave_the_memory_columns_empty() -> None:
     outcome = Outcome("skipped", "no GPU")
     assert outcome.memory_parts == {} and outcome.host_peak_bytes is None
+
+
+# --- the GPU bookkeeping, with a stand-in device (the real one is checked on an H100) ----------
+
+
+class _FakeGpuBackend:
+    """A backend whose "GPU" pool is a number: enough to follow the worker's memory arithmetic."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.pool_bytes = 100 * MIB
+        self.limits: list[int] = []
+
+    def device_name(self, device: str) -> str:
+        return "Fake GPU"
+
+    def set_precision(self, dtype: str, device: str) -> str:
+        return "default"
+
+    def threads(self, device: str) -> None:
+        return None
+
+    def randn(self, *a: Any) -> int:
+        return 0
+
+    def sync(self, out: Any) -> None:
+        pass
+
+    def flusher(self, device: str) -> None:
+        return None
+
+    def timer(self, device: str) -> Any:
+        from bench.measure import HostTimer
+
+        return HostTimer(self.sync)
+
+    def reset_peak_memory(self, device: str) -> None:
+        pass
+
+    def peak_memory(self, device: str) -> base.MemoryPeaks:
+        return base.MemoryPeaks(3 * 2**30, "fake peak", 4 * 2**30, held_bytes=self.pool_bytes)
+
+    def limit_memory(self, device: str, limit_bytes: int) -> None:
+        self.limits.append(limit_bytes)
+
+    def is_oom(self, exc: BaseException) -> bool:
+        return False
+
+
+class _FakeSampler:
+    def __init__(self, nvml_index: int) -> None:
+        pass
+
+    def __enter__(self) -> _FakeSampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def peak_used_bytes(self) -> int:
+        return 9 * 2**30
+
+    def summary(self) -> dict[str, Any]:
+        from bench.nvml import empty_telemetry
+
+        return empty_telemetry()
+
+
+def _gpu_case(monkeypatch: pytest.MonkeyPatch, limit: int | None) -> Any:
+    from bench import nvml
+
+    used = iter([5 * 2**30, 6 * 2**30])  # before the case, then after it
+    monkeypatch.setattr(nvml, "used_bytes", lambda index: next(used))
+    # the process holds 600 MiB before the case, 900 MiB after (a workspace made on the way)
+    own = iter([700 * MIB, 1000 * MIB])
+    monkeypatch.setattr(nvml, "process_used_bytes", lambda index, pid: next(own))
+    monkeypatch.setattr(nvml, "TelemetrySampler", _FakeSampler)
+
+    def setup(*a: Any) -> Prepared:
+        return Prepared(run=lambda: 0, check=lambda: 0.0, tolerance=0.0)
+
+    _register(monkeypatch, setup)
+    settings = dataclasses.replace(FAST, memory_limit_bytes=limit)
+    return make_case("fake", workload="fake", device="cuda:0", settings=settings, nvml_index=0)
+
+
+def test_a_gpu_case_records_nvml_over_its_baseline_and_the_fixed_overhead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bk = _FakeGpuBackend()
+    case = _gpu_case(monkeypatch, limit=None)
+    outcome = worker.run_case(bk, case, worker._WorkerMemory({0: 4 * 2**30}, None))
+    assert outcome.status == "ok", outcome.reason
+    assert outcome.device_baseline_bytes == 5 * 2**30
+    assert outcome.device_used_bytes == 4 * 2**30  # 9 GiB peak over the 5 GiB baseline
+    # outside the 100 MiB pool: 600 MiB before, 900 MiB after; the larger is recorded
+    assert outcome.fixed_overhead_bytes == 900 * MIB
+    assert (outcome.peak_mem_bytes, outcome.peak_reserved_bytes) == (3 * 2**30, 4 * 2**30)
+    assert bk.limits == []
+
+
+def test_a_gpu_limit_leaves_the_allocator_the_limit_less_the_overhead(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bk = _FakeGpuBackend()
+    case = _gpu_case(monkeypatch, limit=8 * 2**30)
+    outcome = worker.run_case(bk, case, worker._WorkerMemory({0: 4 * 2**30}, None))
+    assert outcome.status == "ok", outcome.reason
+    assert bk.limits == [8 * 2**30 - 600 * MIB]
+
+
+def test_a_gpu_limit_below_the_overhead_is_a_skip_that_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bk = _FakeGpuBackend()
+    case = _gpu_case(monkeypatch, limit=512 * MIB)
+    outcome = worker.run_case(bk, case, worker._WorkerMemory({0: 4 * 2**30}, None))
+    assert outcome.status == "skipped"
+    assert outcome.reason.startswith(worker.OVER_LIMIT)
+    assert "0.50 GiB is below this process's fixed overhead on the device (0.59 GiB" in (
+        outcome.reason
+    )
+    assert bk.limits == []
