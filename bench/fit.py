@@ -64,8 +64,11 @@ class Search:
     key: str  # "batch" or "seq"
 
     def describe(self) -> str:
-        shown = {k: v for k, v in self.params.items() if k not in ("model", "impl")}
-        text = ", ".join(f"{k} {v}" for k, v in sorted(shown.items()))
+        shown = {k: v for k, v in self.params.items() if k not in ("model", "impl", "mode")}
+        text = ", ".join(
+            f"{k} { ({True: 'on', False: 'off'}[v] if isinstance(v, bool) else v) }"
+            for k, v in sorted(shown.items())
+        )
         return f"{self.variant} {self.dtype} ({text}): largest {self.key}"
 
 
