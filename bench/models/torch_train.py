@@ -19,7 +19,7 @@ uniform class labels. The same batch is used every step.
 
 The check builds the same model code at the tiny size (batch 2, seq ≤ 16, image 64) with the
 case's device, precision and checkpointing, runs one forward and backward through the same
-`_loss_and_grads` the step uses (loss scaling and unscaling included), and compares the loss and
+`Step.loss_and_grads` the step uses (loss scaling and unscaling included), and compares the loss and
 every parameter's gradient (one concatenated vector) with a float64 copy of that tiny model
 (same initial weights, same batch) on the CPU without autocast or checkpointing. The error is
 max(relative error of the loss, relative error of the gradient vector).
