@@ -64,7 +64,8 @@ TRAIN_TOLERANCE = {"float32": 3e-5, "tf32": 5e-3, "bfloat16": 2.5e-2, "float16":
 # still 0.1 in bfloat16). Worst measured at the check's size: bfloat16 0.50, float16 0.22. These
 # bounds catch non-finite, unscaled (×2^16), missing or wrong-sign gradients and a wrong
 # model or batch, not subtle errors; float32 (5.9e-6) is the strict check of the ResNet code.
-RESNET_TOLERANCE = {"float32": 3e-5, "tf32": 0.5, "bfloat16": 1.0, "float16": 0.5}
+# Every bound stays below 1, the error of gradients that are all missing (zero).
+RESNET_TOLERANCE = {"float32": 3e-5, "tf32": 0.5, "bfloat16": 0.8, "float16": 0.5}
 
 
 def tolerance(model: str, dtype: str) -> float:
