@@ -360,7 +360,9 @@ def setting_text(params: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-_GROUP = ("label", "backend", "device_name", "variant", "dtype")
+# A device is its machine and its index: a trial the runner stopped from outside (over a CPU
+# memory limit, or killed by the kernel) has no device_name, yet belongs with its siblings.
+_GROUP = ("label", "backend", "device", "variant", "dtype")
 
 
 @dataclass
@@ -437,7 +439,9 @@ def _groups(rows: pd.DataFrame, include_cpu: bool) -> list[_Group]:
 
 
 def _ident(group: _Group) -> dict[str, Any]:
-    label, backend, device_name, variant, dtype, _ = group.key
+    label, backend, _, variant, dtype, _ = group.key
+    names = [r.get("device_name") for r in group.rows if isinstance(r.get("device_name"), str)]
+    device_name = names[0] if names else None
     return {
         "label": label,
         "backend": backend,
@@ -480,7 +484,7 @@ def prediction_table(
 ) -> pd.DataFrame:
     """The largest batch predicted to fit on cards of each size, per training configuration.
 
-    From result rows of workload "train": groups by (label, backend, device_name, variant, dtype,
+    From result rows of workload "train": groups by (label, backend, device, variant, dtype,
     params without "batch"); a group whose ok rows measured a need at two or more batch sizes
     gets need = fixed_bytes + per_sample_bytes · batch (least squares over all its ok rows) and
     one row here. Columns PREDICTION_COLUMNS, then one per size (size_column: "24 GB") holding

@@ -463,3 +463,19 @@ def test_prediction_check_compares_predicted_and_measured():
     assert got["error_samples"] == 2 and got["error_pct"] == pytest.approx(100 * 2 / 28)
     # without rows outside the limit there is nothing independent to predict from
     assert prediction_check(pd.DataFrame(rows[4:])).empty
+
+
+def test_a_trial_stopped_from_outside_joins_its_configuration():
+    """The runner stops a CPU worker over its limit before it says its device's name: that
+    oom row still bounds its configuration's search (grouped by device, not device name)."""
+    limit = 24 * GIB
+    rows = [
+        *(row(b) for b in (1, 2, 4, 8)),
+        *(row(b, limit=limit) for b in (1, 2, 28)),
+        row(29, "oom", limit=limit, device_name=None),
+    ]
+    check = prediction_check(pd.DataFrame(rows))
+    assert len(check) == 1
+    got = check.iloc[0]
+    assert (got["measured_max"], got["measured_oom"]) == (28, 29)
+    assert got["device_name"] == "NVIDIA H100"

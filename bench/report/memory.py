@@ -229,7 +229,8 @@ def fits_on_frames(ctx: Context) -> tuple[pd.DataFrame, pd.DataFrame]:
     """bench.fitsearch's prediction table and prediction check, from every training row read
     (`bench fit` trials and ordinary runs, every run: each adds points to the linear fits)."""
     rows = ctx.loaded.rows
-    return fitsearch.prediction_table(rows), fitsearch.prediction_check(rows)
+    # Card sizes are GPU figures; the check compares a device with itself, so CPUs count too.
+    return fitsearch.prediction_table(rows), fitsearch.prediction_check(rows, include_cpu=True)
 
 
 def fit_search_frame(ctx: Context) -> pd.DataFrame:
