@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("--backend", default="torch", help="torch or jax (default: torch)")
     fit.add_argument(
-        "--device", help="cpu, or cuda:N (default: cuda:0 where NVML sees a GPU, else cpu)"
+        "--device", help="cpu, gpu or cuda:N (default: cuda:0 where NVML sees a GPU, else cpu)"
     )
     fit.add_argument(
         "--precision",
@@ -439,6 +439,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     machine = describe_machine(args.label)
     gpus, gpu_reason = nvml.list_gpus()
     device = args.device or ("cuda:0" if gpus else "cpu")
+    device = "cuda:0" if device == "gpu" else device
     memory = machine["memory"]
     ram_bytes = memory.get("total_bytes", 0) if isinstance(memory, dict) else 0
     if device == "cpu":
@@ -513,15 +514,12 @@ def cmd_fit(args: argparse.Namespace) -> int:
     target = fit.Target("fit", backend, device, nvml_index, limit, device_bytes)
     budget = f"{limit / 2**30:.2f} GiB" if limit else "the whole device"
     print(f"bench: fit on {device} ({budget}), {len(plans)} searches -> {path}", file=sys.stderr)
-    lines = []
     try:
         for one in plans:
             fit.print_err(one.describe())
             max_value = args.max or fit.DEFAULT_MAX[one.key]
             result = fit.run_search(one, target, record, max_value, args.margin)
-            line = fit.result_line(one, result, limit or device_bytes, args.margin)
-            lines.append(line)
-            print(line, flush=True)
+            print(fit.result_line(one, result, limit or device_bytes, args.margin), flush=True)
     except KeyboardInterrupt:
         print(f"bench: interrupted; {len(results.rows)} trials are in {path}", file=sys.stderr)
         return 130
