@@ -23,6 +23,7 @@ from bench.backends import BACKENDS
 from bench.backends.base import DTYPES, BackendInfo
 from bench.case import Case, Outcome
 from bench.errors import UserError
+from bench.fitsearch import DEFAULT_MARGIN as DEFAULT_FIT_MARGIN
 from bench.plan import Filters, Planned, plan
 from bench.progress import Progress, summary
 from bench.results import ResultsFile, check_writable, make_row
@@ -32,7 +33,6 @@ from bench.workloads import WORKLOADS
 DEFAULT_SUITE = "default"
 DEFAULT_FIT_DTYPES = ("float32", "bfloat16")
 FIT_TARGETS = ("resnet50", "gpt2-small", "bert-base", "lstm-lm", "attention")
-DEFAULT_FIT_MARGIN = 0.05
 MEMORY_LIMIT_HELP = (
     "emulate a device with this much memory, e.g. 24GiB, 16GB, 512MiB: caps the GPU "
     "allocators (torch, JAX, CuPy) or, on the CPU, the worker's resident memory"
@@ -518,7 +518,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         for one in plans:
             fit.print_err(one.describe())
             max_value = args.max or fit.DEFAULT_MAX[one.key]
-            result = fit.run_search(one, target, record, max_value, args.margin)
+            result = fit.run_search(one, target, record, max_value)
             print(fit.result_line(one, result, limit or device_bytes, args.margin), flush=True)
     except KeyboardInterrupt:
         print(f"bench: interrupted; {len(results.rows)} trials are in {path}", file=sys.stderr)

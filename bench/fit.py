@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,6 @@ import pandas as pd
 from bench.case import Case, Outcome, Settings
 from bench.errors import UserError
 from bench.fitsearch import (
-    DEFAULT_MARGIN,
     GIB,
     SearchResult,
     Trial,
@@ -87,13 +87,9 @@ class Target:
 Record = Callable[[Case, Outcome, Any, float, str], dict[str, Any]]
 
 
-def run_search(
-    one: Search, target: Target, record: Record, max_value: int, margin: float = DEFAULT_MARGIN
-) -> SearchResult:
+def run_search(one: Search, target: Target, record: Record, max_value: int) -> SearchResult:
     """Search one configuration; `record(case, outcome, info, wall_s, key)` writes each trial's
     row and returns it."""
-    import time
-
     settings = dataclasses.replace(TRIAL_SETTINGS, memory_limit_bytes=target.memory_limit_bytes)
 
     def trial(value: int) -> Trial:
