@@ -351,3 +351,30 @@ def test_the_memory_section_imports_no_framework() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+CPU_BOX = {"machine_id": "cpucpucpucpu", "label": "laptop", "device": "cpu"}
+CPU_BOX |= {"device_name": "AMD EPYC", "ram_bytes": 24 * GIB, "run_id": "run-cpu"}
+
+
+def test_on_a_cpu_the_estimate_is_held_against_the_peak_less_the_runtime() -> None:
+    cpu = train(CPU_BOX, "float32", 3, 50) | {"fixed_overhead_bytes": GIB}
+    cpu |= {"host_peak_bytes": 3 * GIB, "mem_estimate_bytes": int(1.5 * GIB)}
+    rows = table_lines(markdown_of([cpu]), "Memory: measured peaks and the estimate")
+    assert rows[0][5] == "3.00 GiB"  # the peak itself is shown as measured
+    assert rows[0][-1] == "-25.0 %"  # (1.5 − (3 − 1)) / 2, not (1.5 − 3) / 3
+
+
+def test_a_trial_stopped_from_outside_still_bounds_its_search() -> None:
+    """The runner stops a CPU worker over its limit before it names its device: that oom row
+    (no device_name) belongs to the same search as its siblings."""
+    records = []
+    for batch, status in ((1, "ok"), (2, "ok"), (4, "ok"), (5, "ok"), (5, "oom")):
+        values: dict[str, Any] = {"suite": "fit", "fit_search": "batch", "status": status}
+        values |= {"memory_limit_bytes": 2 * GIB, "host_peak_bytes": batch * 2**28}
+        if status == "oom":
+            values |= {"device_name": None, "time_median_s": None, "samples_s": []}
+        records.append(row(CPU_BOX, {**GPT2, "batch": batch, "seq": 128}, **values))
+    rows = table_lines(markdown_of(records), "Memory: fit search")
+    assert len(rows) == 1, rows
+    assert rows[0][0] == "laptop · CPU" and rows[0][7:] == ["4", "1.00 GiB", "5", "5"]

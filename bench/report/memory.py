@@ -7,7 +7,8 @@ when no row carries its figures:
 - peaks: per training case, the allocator's peak allocated (`peak_mem_bytes`) and reserved bytes,
   NVML's used memory over the case's baseline, the worker's host high-water mark, beside the
   analytic estimate (`mem_estimate_bytes`, bench.models.spec.estimate_bytes summed) and its error
-  (estimate − measured) / measured with measured = peak allocated; and the breakdown params /
+  (estimate − measured) / measured with measured = peak allocated (on CPUs less the worker's
+  start-up memory, the runtime no rule of thumb counts); and the breakdown params /
   grads / optimizer / other as stacked bars per model;
 - savings: rows that differ only in mixed precision (float32 → bfloat16 / float16) or only in
   checkpointing (off → on), paired: the peak saved (GiB and %) and the speed kept (items_per_s
@@ -120,12 +121,23 @@ def _who(ctx: Context, row: Any) -> dict[str, Any]:
     }
 
 
+def _case_memory(row: dict[str, Any]) -> Any:
+    """What the estimate is held against: the allocator's peak on a GPU; on a CPU the worker's
+    high-water mark less its resident memory after start-up (the runtime, which no rule of
+    thumb counts)."""
+    peak = row["peak_mem_bytes"]
+    fixed = row.get("fixed_overhead_bytes")
+    if row.get("device_kind") == "cpu" and _present(peak) and _present(fixed):
+        return peak - fixed
+    return peak
+
+
 def peaks_frame(ctx: Context) -> pd.DataFrame:
     """One row per ok training case: the measured peaks, the breakdown and the estimate."""
     records = []
     for row in _training(ctx).to_dict("records"):
         params = parse_params(row["params"])
-        measured = row["peak_mem_bytes"]
+        measured = _case_memory(row)
         estimate = row["mem_estimate_bytes"]
         error = (
             (estimate - measured) / measured * 100
@@ -138,7 +150,7 @@ def peaks_frame(ctx: Context) -> pd.DataFrame:
                 "dtype": row["dtype"],
                 "setting": setting_text(params),
                 "params": row["params"],
-                "peak_allocated_bytes": _int(measured),
+                "peak_allocated_bytes": _int(row["peak_mem_bytes"]),
                 "peak_source": row["peak_mem_source"],
                 "peak_reserved_bytes": _int(row["peak_reserved_bytes"]),
                 "device_used_bytes": _int(row["device_used_bytes"]),
@@ -247,7 +259,9 @@ def fit_search_frame(ctx: Context) -> pd.DataFrame:
         _value=[p.get(key) for p, key in zip(params, searched, strict=True)],
         _setting=[_params_key(p, key) for p, key in zip(params, searched, strict=True)],
     )
-    group = ["machine_id", "device_kind", "device_name", "backend", "variant", "dtype"]
+    # By device, not device name: a trial the runner stopped from outside (over a CPU limit, or
+    # killed by the kernel) has no device name, yet belongs to its search.
+    group = ["machine_id", "device", "backend", "variant", "dtype"]
     group += ["fit_search", "memory_limit_bytes", "_setting"]
     records = []
     for _, mine in trials.groupby(group, sort=True, dropna=False):
@@ -258,7 +272,8 @@ def fit_search_frame(ctx: Context) -> pd.DataFrame:
         if smallest_oom is not None:
             ran = ran[ran["_value"] < smallest_oom]
         largest = ran.loc[ran["_value"].idxmax()] if not ran.empty else None
-        first = same.iloc[0]
+        named = same[same["device_name"].notna()]
+        first = (named if not named.empty else same).iloc[0]
         key = str(first["fit_search"])
         records.append(
             {
@@ -362,9 +377,10 @@ def _peaks_section(ctx: Context) -> list[Section]:
         "allocator's (torch max_memory_allocated / max_memory_reserved, XLA peak_bytes_in_use / "
         "peak_pool_bytes; on CPUs the worker's VmHWM); NVML used is the device's used memory at "
         "its peak during the case minus before it; host peak is the worker's resident "
-        "high-water mark; fixed overhead is what the CUDA context and framework start-up took "
-        "(NVML), before the case. Estimate: the analytic rule of thumb (bench.models.spec), "
-        "error = (estimate − measured) / measured, measured = peak allocated."
+        "high-water mark; fixed overhead is what the process holds outside the allocator (GPU: "
+        "CUDA context and workspaces, NVML; CPU: the worker's memory after start-up). Estimate: "
+        "the analytic rule of thumb (bench.models.spec), error = (estimate − measured) / "
+        "measured, measured = peak allocated (on CPUs less the fixed overhead, the runtime)."
     )
     body = [
         [
