@@ -215,8 +215,7 @@ def searches(
                     "mode": "train",
                 }
                 search_key = key or "seq"
-                if search_key == "seq":
-                    del params["batch"]
+                if search_key == "seq":  # at the given (or default) batch
                     out.append(Search("attention", fixed["impl"], dtype, params, "seq"))
                 else:
                     seq = fixed.get("seq") or 4096

@@ -145,3 +145,22 @@ def test_bench_fit_writes_trials_and_a_report_reads_them(tmp_path: Path) -> None
     assert report.returncode == 0, report.stderr
     text = (tmp_path / "report" / "report.md").read_text()
     assert "Fit search" in text or "fit search" in text
+
+
+def test_attention_searches_take_seq_at_a_fixed_batch_or_batch_at_a_fixed_seq() -> None:
+    from bench.fit import attention_seq_params, searches
+
+    fixed = {"size": "full", "impl": "naive", "causal": True, "batch": 2, "heads": 8}
+    fixed |= {"head_dim": 64, "seq": None, "image": None}
+    (by_seq,) = searches(["attention"], ["float32"], [False], ["adamw"], None, fixed)
+    assert by_seq.key == "seq" and by_seq.params["batch"] == 2 and "seq_q" not in by_seq.params
+    trial = attention_seq_params({**by_seq.params, "seq": 1024})
+    assert (trial["seq_q"], trial["seq_k"], trial["batch"]) == (1024, 1024, 2)
+    (by_batch,) = searches(["attention"], ["float32"], [False], ["adamw"], "batch", fixed)
+    assert by_batch.key == "batch" and by_batch.params["seq_q"] == 4096
+    assert "batch" not in by_batch.params
+    models = searches(["gpt2-small", "resnet50"], ["float32"], [False, True], ["sgd"], None, fixed)
+    assert [(s.variant, s.params["checkpointing"]) for s in models] == [
+        ("gpt2-small", False), ("gpt2-small", True), ("resnet50", False), ("resnet50", True)
+    ]  # fmt: skip
+    assert models[0].params["seq"] == 1024 and models[2].params["image"] == 224
