@@ -124,11 +124,11 @@ def run_search(one: Search, target: Target, record: Record, max_value: int) -> S
             return Trial("oom", reason=outcome.reason)
         return Trial("failed", reason=f"{outcome.status}: {outcome.reason}")
 
-    unit = SEQ_UNIT if one.key == "seq" else 1
+    if one.key == "seq":  # attention's scores grow as seq²: no linear guesses, plain bisection
+        return search(trial, start=SEQ_UNIT, unit=SEQ_UNIT, max_value=max_value)
     return search(
         trial,
-        start=unit,
-        unit=unit,
+        start=1,
         max_value=max_value,
         memory_bytes=target.memory_limit_bytes or target.device_memory_bytes,
     )
@@ -154,14 +154,15 @@ def result_line(one: Search, result: SearchResult, limit_bytes: int | None, marg
         text += f" ({result.smallest_oom} ran out of memory)"
     if result.flaky:
         text += ", flaky boundary"
-    fit = result.fit()
+    fit = result.fit() if one.key == "batch" else None  # need grows faster than linearly in seq
     if fit is not None:
         text += (
             f"; need ≈ {fit.fixed_bytes / GIB:.2f} GiB + {fit.per_item_bytes / GIB:.3f} GiB "
             f"× {one.key}"
         )
-    if limit_bytes is not None:
-        text += f"; recommended {result.recommended(limit_bytes, margin)} (margin {margin:.0%})"
+        if limit_bytes is not None:
+            recommended = result.recommended(limit_bytes, margin)
+            text += f"; recommended {recommended} (margin {margin:.0%})"
     return text + f"; {len(result.trials)} trials"
 
 
