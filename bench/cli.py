@@ -281,7 +281,7 @@ def _select_gpus(gpus: list[nvml.GpuInfo], spec: str) -> list[nvml.GpuInfo]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.discover import describe_machine, flat_machine_columns
+    from bench.discover import describe_machine
 
     suite = suites.load(args.suite)
     kinds = {"all": ("cpu", "gpu"), "cpu": ("cpu",), "gpu": ("gpu",)}
@@ -317,23 +317,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(_plan_text(planned))
         return 0
 
-    started_at = datetime.now(UTC)
-    run_id = f"{started_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-    run = {
-        "run_id": run_id,
-        "machine_id": machine["machine_id"],
-        "label": machine["label"],
-        "started_at": started_at,
-        "suite": suite.name,
-        "suite_path": str(suite.path),
-        "suite_toml": suite.path.read_text(),
-        "argv": ["bench", *args.argv],
-        "backends": {},
-    }
-    path = out_dir / machine["machine_id"] / f"{run_id}.parquet"
-    check_writable(path.parent)
-    results = ResultsFile(path, machine, run)
-    machine_columns = flat_machine_columns(machine)
+    extra = {"suite_path": str(suite.path), "suite_toml": suite.path.read_text()}
+    writer = _RunWriter(machine, suite.name, args.argv, out_dir, extra=extra)
     progress = Progress(len(planned), sum(1 for p in planned if not p.skip_reason))
 
     def record(
@@ -344,21 +329,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         finished_at: datetime,
         ran: bool,
     ) -> None:
-        if info.version:
-            run["backends"][case.backend] = asdict(info)
-        row = make_row(
-            run,
-            machine_columns,
-            case,
-            outcome,
-            info.version,
-            wall_s,
-            finished_at,
-            info.runtime_version,
-        )
-        results.append(row)
-        progress.update(row, ran)
+        progress.update(writer.append(case, outcome, info, wall_s, finished_at), ran)
 
+    path, results = writer.path, writer.results
     print(f"bench: suite {suite.name}, {len(planned)} cases -> {path}", file=sys.stderr)
     try:
         execute(planned, record, progress.starting)
@@ -369,7 +342,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return 130
     progress.close()
-    elapsed_s = (datetime.now(UTC) - started_at).total_seconds()
+    elapsed_s = (datetime.now(UTC) - writer.run["started_at"]).total_seconds()
     print(summary(results.rows, str(path), elapsed_s))
     return 0
 
@@ -383,6 +356,63 @@ def _check_limit(limit_bytes: int, devices: list[tuple[str, int | None]]) -> Non
                 f"--memory-limit: {limit_bytes / 2**30:.2f} GiB is larger than {where} "
                 f"({memory_bytes / 2**30:.2f} GiB); a limit emulates a smaller device"
             )
+
+
+class _RunWriter:
+    """One run's results file: the run's description, and a row appended per finished case."""
+
+    def __init__(
+        self,
+        machine: dict[str, Any],
+        suite: str,
+        argv: list[str],
+        out_dir: Path,
+        extra: dict[str, Any] | None = None,
+        suffix: str = "",
+    ) -> None:
+        from bench.discover import flat_machine_columns
+
+        started_at = datetime.now(UTC)
+        run_id = f"{started_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+        self.run: dict[str, Any] = {
+            "run_id": run_id,
+            "machine_id": machine["machine_id"],
+            "label": machine["label"],
+            "started_at": started_at,
+            "suite": suite,
+            **(extra or {}),
+            "argv": ["bench", *argv],
+            "backends": {},
+        }
+        self.path = out_dir / machine["machine_id"] / f"{run_id}{suffix}.parquet"
+        check_writable(self.path.parent)
+        self.results = ResultsFile(self.path, machine, self.run)
+        self._machine_columns = flat_machine_columns(machine)
+
+    def append(
+        self,
+        case: Case,
+        outcome: Outcome,
+        info: BackendInfo,
+        wall_s: float,
+        finished_at: datetime,
+        fit_search: str = "",
+    ) -> dict[str, Any]:
+        if info.version:
+            self.run["backends"][case.backend] = asdict(info)
+        row = make_row(
+            self.run,
+            self._machine_columns,
+            case,
+            outcome,
+            info.version,
+            wall_s,
+            finished_at,
+            info.runtime_version,
+            fit_search=fit_search,
+        )
+        self.results.append(row)
+        return row
 
 
 def _plan_text(planned: list[Planned]) -> str:
@@ -410,7 +440,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from bench import fit
-    from bench.discover import describe_machine, flat_machine_columns
+    from bench.discover import describe_machine
     from bench.models import spec
 
     targets = list(_choices(args.targets or None, FIT_TARGETS, "model") or spec.MODELS)
@@ -472,39 +502,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
     ckpts = [name == "on" for name in ckpt_names]
     plans = fit.searches(targets, dtypes, ckpts, optimizers, key, fixed)
 
-    started_at = datetime.now(UTC)
-    run_id = f"{started_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
-    run = {
-        "run_id": run_id,
-        "machine_id": machine["machine_id"],
-        "label": machine["label"],
-        "started_at": started_at,
-        "suite": "fit",
-        "argv": ["bench", *args.argv],
-        "backends": {},
-    }
-    path = Path(args.out) / machine["machine_id"] / f"{run_id}-fit.parquet"
-    check_writable(path.parent)
-    results = ResultsFile(path, machine, run)
-    machine_columns = flat_machine_columns(machine)
+    writer = _RunWriter(machine, "fit", args.argv, Path(args.out), suffix="-fit")
+    path, results = writer.path, writer.results
 
     def record(
         case: Case, outcome: Outcome, info: BackendInfo, wall_s: float, searched: str
     ) -> dict[str, Any]:
-        if info.version:
-            run["backends"][case.backend] = asdict(info)
-        row = make_row(
-            run,
-            machine_columns,
-            case,
-            outcome,
-            info.version,
-            wall_s,
-            datetime.now(UTC),
-            info.runtime_version,
-            fit_search=searched,
-        )
-        results.append(row)
+        row = writer.append(case, outcome, info, wall_s, datetime.now(UTC), fit_search=searched)
         value = case.params_dict().get(searched, case.params_dict().get("seq_q"))
         fit.print_err(
             f"  {searched} {value}: {outcome.status} {_need_text(row)}{outcome.reason[:120]}"
