@@ -231,6 +231,9 @@ def _start_and_wait_for_rows(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        # A shell without job control starts background jobs with SIGINT ignored, and a child
+        # inherits that: give the run Python's own Ctrl-C handling, as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
