@@ -224,17 +224,23 @@ def _start_and_wait_for_rows(
 ) -> tuple[subprocess.Popen[str], Path, list[dict[str, Any]], list[psutil.Process]]:
     """Start `python -m bench run` (its own process group, as a shell job) and wait until its
     file holds `rows` rows; return the process, the file, those rows and its workers."""
-    proc = subprocess.Popen(
-        bench_cmd("run", str(suite), "--out", str(out)),
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        # A shell without job control starts background jobs with SIGINT ignored, and a child
-        # inherits that: give the run Python's own Ctrl-C handling, as a terminal would.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
+    # A shell without job control starts background jobs with SIGINT ignored, and an exec keeps
+    # an ignored signal (a handler it resets): give the run Python's own Ctrl-C handling, as a
+    # terminal would, by not ignoring SIGINT while it starts.
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            bench_cmd("run", str(suite), "--out", str(out)),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()
