@@ -156,9 +156,10 @@ def result_line(one: Search, result: SearchResult, limit_bytes: int | None, marg
         text += ", flaky boundary"
     fit = result.fit() if one.key == "batch" else None  # need grows faster than linearly in seq
     if fit is not None:
+        sign = "+" if fit.per_item_bytes >= 0 else "−"  # noise can tilt a flat need down
         text += (
-            f"; need ≈ {fit.fixed_bytes / GIB:.2f} GiB + {fit.per_item_bytes / GIB:.3f} GiB "
-            f"× {one.key}"
+            f"; need ≈ {fit.fixed_bytes / GIB:.2f} GiB {sign} "
+            f"{abs(fit.per_item_bytes) / GIB:.3f} GiB × {one.key}"
         )
         if limit_bytes is not None:
             recommended = result.recommended(limit_bytes, margin)
