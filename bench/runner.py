@@ -92,10 +92,11 @@ class Worker:
                 return self._run_within(limit, timeout_s)
         except (EOFError, OSError, BrokenPipeError):
             reason = f"worker crashed ({self._exit_text()})"
-            if self._proc is not None and self._proc.exitcode == -signal.SIGKILL:
+            killed = self._proc is not None and self._proc.exitcode == -signal.SIGKILL
+            if killed:
                 reason += ": the kernel's out-of-memory killer sends this signal"
             self.close()
-            return Outcome("oom" if "out-of-memory" in reason else "error", reason)
+            return Outcome("oom" if killed else "error", reason)
         self.close()
         return Outcome("timeout", f"no result within the case time limit of {timeout_s:g} s")
 

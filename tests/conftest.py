@@ -106,6 +106,25 @@ def make_case(
     )
 
 
+def register_fake_workload(monkeypatch: pytest.MonkeyPatch, setup: Any, **fields: Any) -> None:
+    """Register workload "fake": matmul's parameters and counts, the given `setup` (and any
+    other Workload fields, e.g. items), for tests that run a case through the worker."""
+    from bench.workloads import WORKLOADS, matmul
+    from bench.workloads.base import Workload
+
+    fake = Workload(
+        name="fake",
+        description="test double",
+        parse=matmul.parse,
+        flops=matmul.flops,
+        bytes=matmul.bytes_moved,
+        setup=setup,
+        keys=matmul.KEYS,
+        **fields,
+    )
+    monkeypatch.setitem(WORKLOADS, "fake", fake)
+
+
 def fake_gpus(*memory_bytes: int | None, first_nvml_index: int = 0) -> list[GpuInfo]:
     """CUDA-visible GPUs 0, 1, ... with the given memory; NVML indices start elsewhere, as under
     CUDA_VISIBLE_DEVICES, so a test can tell the two apart."""

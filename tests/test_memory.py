@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import FAST, make_case, run_bench
+from conftest import FAST, make_case, register_fake_workload, run_bench
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -25,8 +25,7 @@ from bench.plan import Filters, plan
 from bench.results import make_row
 from bench.runner import Worker
 from bench.suite import parse as parse_suite
-from bench.workloads import WORKLOADS, matmul
-from bench.workloads.base import Prepared, Workload
+from bench.workloads.base import Prepared
 
 MIB = 2**20
 
@@ -52,18 +51,12 @@ def test_the_host_high_water_mark_sees_a_known_allocation_and_resets() -> None:
 
 
 def _register(monkeypatch: pytest.MonkeyPatch, setup: Any) -> None:
-    fake = Workload(
-        name="fake",
-        description="test double",
-        parse=matmul.parse,
-        flops=matmul.flops,
-        bytes=matmul.bytes_moved,
-        setup=setup,
-        keys=matmul.KEYS,
+    register_fake_workload(
+        monkeypatch,
+        setup,
         items=lambda p: (p["m"], "samples"),
         memory_estimate=lambda p, dtype: {"params": 10, "activations": 5},
     )
-    monkeypatch.setitem(WORKLOADS, "fake", fake)
 
 
 def test_a_case_records_the_memory_its_timed_calls_touch(

@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import FAST, make_case
+from conftest import FAST, make_case, register_fake_workload
 
 from bench import worker
 from bench.backends.base import Unsupported, cpu_model
 from bench.case import Outcome
-from bench.workloads import WORKLOADS, matmul
-from bench.workloads.base import TOLERANCE, Prepared, Workload
+from bench.workloads import matmul
+from bench.workloads.base import TOLERANCE, Prepared
 
 SHAPES = {
     "square": {"batch": 1, "m": 48, "n": 48, "k": 48},
@@ -97,16 +97,7 @@ class Counter:
 
 
 def _register(monkeypatch: pytest.MonkeyPatch, setup: Any) -> None:
-    fake = Workload(
-        name="fake",
-        description="test double",
-        parse=matmul.parse,
-        flops=matmul.flops,
-        bytes=matmul.bytes_moved,
-        setup=setup,
-        keys=matmul.KEYS,
-    )
-    monkeypatch.setitem(WORKLOADS, "fake", fake)
+    register_fake_workload(monkeypatch, setup)
 
 
 @pytest.fixture
