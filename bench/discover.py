@@ -22,7 +22,7 @@ from typing import Any
 
 import psutil
 
-from bench import nvml
+from bench import cpupeak, nvml
 
 NOT_AVAILABLE = nvml.NOT_AVAILABLE
 GIB = 1 << 30
@@ -191,10 +191,11 @@ def _cpu() -> dict[str, Any]:
         isa["neon"] = bool(flags & {"asimd", "neon"})
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cpu0 = _SYS_CPU / "cpu0"
+    physical = psutil.cpu_count(logical=False)
     return {
         "model": model or _unavailable("no model name in /proc/cpuinfo"),
         "vendor": info.get("vendor_id") or arm_vendor or _unavailable("unknown vendor"),
-        "physical_cores": psutil.cpu_count(logical=False),
+        "physical_cores": physical,
         "logical_cores": os.cpu_count(),
         "usable_cores": usable,
         "cpu_quota_cores": _cpu_quota_cores(),
@@ -204,7 +205,16 @@ def _cpu() -> dict[str, Any]:
         "isa": isa,
         "caches": _caches(cpu0) if cpu0.is_dir() else _unavailable(f"{cpu0} is missing"),
         "l3_bytes": _l3_bytes(),
+        "peak": _peak(info, physical, cpu0),
     }
+
+
+def _peak(info: dict[str, str], physical_cores: int | None, cpu0: Path) -> dict[str, Any] | str:
+    """The theoretical peak FLOP/s (bench.cpupeak); a bug there costs this key, not the CPU."""
+    try:
+        return cpupeak.machine_peak(info, physical_cores, cpu0)
+    except Exception as exc:
+        return f"{cpupeak.UNAVAILABLE}: {type(exc).__name__}: {exc}"
 
 
 # --- memory, storage, OS, software --------------------------------------------------------------
@@ -428,7 +438,24 @@ def _cpu_lines(cpu: dict[str, Any]) -> list[str]:
         f"  ISA         {isa}",
         f"  caches      {caches}",
         f"  L3 total    {_size(cpu['l3_bytes'])}",
+        f"  peak        {_peak_text(cpu.get('peak'))}",
     ]
+
+
+def _peak_text(peak: Any) -> str:
+    """GFLOP/s per dtype and the basis; a reason as it is; "not recorded" for descriptions made
+    before the peak was."""
+    if peak is None:
+        return "not recorded"
+    if not isinstance(peak, dict):
+        return str(peak)
+    names = {"float64": "fp64", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+    rates = [
+        f"{short} {peak[f'{dtype}_gflops']:.1f}"
+        for dtype, short in names.items()
+        if peak.get(f"{dtype}_gflops") is not None
+    ]
+    return f"{', '.join(rates)} GFLOP/s: {peak['basis']}"
 
 
 def _gpu_lines(gpus: dict[str, Any]) -> list[str]:

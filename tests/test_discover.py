@@ -302,3 +302,57 @@ def test_format_info_lists_gpus_and_survives_odd_input() -> None:
     text = format_info(broken)
     assert "GPUs\n  not available: unreadable section" in text
     assert "Storage\n  not recorded" in text
+
+
+# --- the CPU's theoretical peak (bench.cpupeak) -------------------------------------------------
+
+
+def test_cpu_peak_here_matches_cpupeak(no_nvml: str) -> None:
+    from bench import cpupeak
+
+    cpu = describe_machine()["cpu"]
+    expected = cpupeak.machine_peak(discover._cpuinfo(), cpu["physical_cores"])
+    assert cpu["peak"] == expected
+    json.dumps(cpu["peak"])
+    peak = cpu["peak"]
+    if isinstance(peak, dict):
+        assert set(peak) == {
+            "float64_gflops", "float32_gflops", "bfloat16_gflops", "float16_gflops", "cores",
+            "freq_ghz", "freq_source", "flops_per_cycle", "basis",
+        }  # fmt: skip
+        assert peak["cores"] == cpu["physical_cores"]
+        assert peak["float32_gflops"] == pytest.approx(2 * peak["float64_gflops"])
+        assert peak["basis"] in format_info(describe_machine())
+    else:
+        assert peak.startswith("unavailable: ")
+
+
+def test_cpu_peak_failure_costs_only_the_peak(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import cpupeak
+
+    def broken(*args: Any) -> Any:
+        raise ValueError("odd cpuinfo")
+
+    monkeypatch.setattr(cpupeak, "machine_peak", broken)
+    cpu = discover._cpu()
+    assert cpu["peak"] == "unavailable: ValueError: odd cpuinfo"
+    assert isinstance(cpu["model"], str) and cpu["model"]
+
+
+def test_format_info_peak_line() -> None:
+    desc = _desc([])
+    desc["cpu"] = {
+        "model": "AMD EPYC", "vendor": "AuthenticAMD", "physical_cores": 2, "logical_cores": 2,
+        "usable_cores": 2, "cpu_quota_cores": None, "freq_mhz_current": 1996.2,
+        "freq_mhz_min": None, "freq_mhz_max": None, "isa": {"avx2": True}, "caches": [],
+        "l3_bytes": 8 << 20,
+    }  # fmt: skip
+    assert "  peak        not recorded" in format_info(desc)  # described before the peak was
+    desc["cpu"]["peak"] = {
+        "float64_gflops": 31.94, "float32_gflops": 63.88, "bfloat16_gflops": None,
+        "float16_gflops": None, "cores": 2, "freq_ghz": 1.996, "freq_source": "cpu MHz",
+        "flops_per_cycle": {"float64": 8, "float32": 16}, "basis": "2 cores × 2.00 GHz",
+    }  # fmt: skip
+    assert "  peak        fp64 31.9, fp32 63.9 GFLOP/s: 2 cores × 2.00 GHz" in format_info(desc)
+    desc["cpu"]["peak"] = "unavailable: no clock frequency found"
+    assert "  peak        unavailable: no clock frequency found" in format_info(desc)
