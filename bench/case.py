@@ -31,6 +31,9 @@ class Settings:
     # allocator gets it less what the process holds outside the allocator (CUDA context,
     # workspaces); on the CPU the runner stops a worker whose resident memory goes over it.
     memory_limit_bytes: int | None = None
+    # Where workloads that write files (storage) put them: an absolute directory (--storage-dir,
+    # default the results directory); "" where no such workload runs.
+    storage_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class Outcome:
     device_name: str = ""
     threads: int | None = None
     telemetry: dict[str, Any] = field(default_factory=dict)
+    columns: dict[str, Any] = field(default_factory=dict)  # Prepared.columns
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

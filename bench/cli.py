@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import tempfile
 import uuid
 from collections import Counter
 from dataclasses import asdict
@@ -17,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bench import nvml
+from bench import nvml, units
 from bench import suite as suites
 from bench.backends import BACKENDS
 from bench.backends.base import DTYPES, BackendInfo
@@ -37,36 +38,11 @@ MEMORY_LIMIT_HELP = (
     "emulate a device with this much memory, e.g. 24GiB, 16GB, 512MiB: caps the GPU "
     "allocators (torch, JAX, CuPy) or, on the CPU, the worker's resident memory"
 )
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 2**10,
-    "kb": 10**3,
-    "kib": 2**10,
-    "m": 2**20,
-    "mb": 10**6,
-    "mib": 2**20,
-    "g": 2**30,
-    "gb": 10**9,
-    "gib": 2**30,
-    "t": 2**40,
-    "tb": 10**12,
-    "tib": 2**40,
-}
 
 
 def parse_bytes(text: str, what: str = "--memory-limit") -> int:
-    """ "24GiB", "24 GB", "512MiB", "1.5g" as bytes (GB = 10^9, GiB and a bare G = 2^30)."""
-    import re
-
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
-    unit = match.group(2).lower() if match else ""
-    if match is None or unit not in _UNITS:
-        raise UserError(f"{what}: expected a size like 24GiB, 16GB or 512MiB, got {text!r}")
-    value = int(float(match.group(1)) * _UNITS[unit])
-    if value <= 0:
-        raise UserError(f"{what}: the size must be positive, got {text!r}")
-    return value
+    """A size option ("24GiB", "16GB", "512MiB") as bytes; see bench.units."""
+    return units.parse_bytes(text, what)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,6 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="results", help="results directory (default: results)")
     run.add_argument("--label", help="label for this machine (default: hostname)")
     run.add_argument("--memory-limit", metavar="SIZE", help=MEMORY_LIMIT_HELP)
+    run.add_argument(
+        "--storage-dir",
+        metavar="DIR",
+        help="where the storage workload writes its test files (default: the results directory)",
+    )
+    run.add_argument(
+        "--storage-max-bytes",
+        metavar="SIZE",
+        help="cap the storage workload's test files at SIZE per case, e.g. 64MiB (a quick run)",
+    )
     run.add_argument(
         "--dry-run",
         action="store_true",
@@ -180,8 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
         "check-timing", help="compare the harness with a bare timing loop (torch)"
     )
     check.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    check.add_argument("--size", type=int, help="n of the n×n×n product (cpu 2048, gpu 8192)")
-    check.add_argument("--dtype", help="dtype (cpu float32, gpu bfloat16)")
+    check.add_argument(
+        "--op",
+        choices=("matmul", "copy"),
+        default="matmul",
+        help="matmul (default) or copy: a device-to-device copy's bandwidth (membw)",
+    )
+    check.add_argument(
+        "--size", type=int, help="matmul: n of the n×n×n product (cpu 2048, gpu 8192)"
+    )
+    check.add_argument("--dtype", help="matmul: dtype (cpu float32, gpu bfloat16)")
+    check.add_argument(
+        "--bytes", metavar="SIZE", help="copy: the buffer copied (cpu 256MiB, gpu 1GiB)"
+    )
     check.add_argument("--rounds", type=int, default=3, help="alternating rounds of each")
     return parser
 
@@ -310,9 +307,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             devices += [(f"cuda:{g.index}", g.memory_bytes) for g in gpus]
         _check_limit(limit, devices)
         filters = dataclasses.replace(filters, memory_limit_bytes=limit)
+    filters = dataclasses.replace(filters, **_storage_filters(args, out_dir))
     planned = list(plan(suite, filters, gpus, gpu_reason or "", host_memory_bytes))
     if not planned:
         raise UserError(f"nothing to run: the filters leave no case of suite {suite.name!r}")
+    if not args.dry_run and any(WORKLOADS[p.case.workload].scratch for p in planned):
+        _check_storage_dir(Path(filters.storage_dir), args.storage_dir is None)
     if args.dry_run:
         print(_plan_text(planned))
         return 0
@@ -345,6 +345,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     elapsed_s = (datetime.now(UTC) - writer.run["started_at"]).total_seconds()
     print(summary(results.rows, str(path), elapsed_s))
     return 0
+
+
+def _storage_filters(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
+    """Where the storage workload writes (absolute: workers may run elsewhere) and its cap."""
+    cap = args.storage_max_bytes
+    return {
+        "storage_dir": str(Path(args.storage_dir or out_dir).resolve()),
+        "storage_max_bytes": parse_bytes(cap, "--storage-max-bytes") if cap else None,
+    }
+
+
+def _check_storage_dir(directory: Path, is_default: bool) -> None:
+    """A UserError unless the storage workload can write in `directory`; the results
+    directory (the default) may be created, a directory the user named must exist."""
+    if not is_default and not directory.is_dir():
+        raise UserError(f"--storage-dir: {directory} is not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"--storage-dir: cannot write in {directory}: {exc.strerror or exc}"
+        ) from None
 
 
 def _check_limit(limit_bytes: int, devices: list[tuple[str, int | None]]) -> None:
@@ -542,8 +566,15 @@ def _need_text(row: dict[str, Any]) -> str:
 
 
 def cmd_check_timing(args: argparse.Namespace) -> int:
-    from bench.timing_check import check_timing
+    from bench.timing_check import check_copy, check_timing
 
+    if args.op == "copy":
+        if args.size is not None or args.dtype is not None:
+            raise UserError("check-timing --op copy: give the buffer with --bytes")
+        size = parse_bytes(args.bytes, "--bytes") if args.bytes else None
+        return check_copy(args.device, size, args.rounds)
+    if args.bytes is not None:
+        raise UserError("check-timing --bytes applies to --op copy")
     return check_timing(args.device, args.size, args.dtype, args.rounds)
 
 

@@ -283,6 +283,10 @@ TELEMETRY_COLUMNS: dict[str, str] = {
     "gpu_throttle_reasons": "string",
     "gpu_throttled": "bool",
     "telemetry_samples": "int64",
+    "pcie_gen": "int64",
+    "pcie_width": "int64",
+    "pcie_gen_max": "int64",
+    "pcie_width_max": "int64",
 }
 
 # Clock-event reason bits of nvml.h (nvmlClocksEventReason*, formerly nvmlClocksThrottleReason*;
@@ -324,6 +328,10 @@ class TelemetrySample:
     power_w: float | None
     reasons: int | None  # clock-event reason bitmask
     mem_used_bytes: int | None = None  # device memory in use, all processes
+    # The PCIe link as trained now: it drops to a low generation when idle and comes back up
+    # under traffic, so the highest seen during a case is what the case ran on.
+    pcie_gen: int | None = None
+    pcie_width: int | None = None
 
 
 def empty_telemetry() -> dict[str, object]:
@@ -332,9 +340,13 @@ def empty_telemetry() -> dict[str, object]:
 
 
 def summarise_telemetry(
-    samples: Sequence[TelemetrySample], energy_start_mj: int | None, energy_end_mj: int | None
+    samples: Sequence[TelemetrySample],
+    energy_start_mj: int | None,
+    energy_end_mj: int | None,
+    link_max: tuple[int | None, int | None] = (None, None),
 ) -> dict[str, object]:
-    """Reduce raw samples and the energy counter (mJ) at both ends to the TELEMETRY_COLUMNS."""
+    """Reduce raw samples and the energy counter (mJ) at both ends to the TELEMETRY_COLUMNS;
+    `link_max` is the PCIe link's maximum (generation, width)."""
 
     def values(field: str) -> list[float]:
         found = (getattr(sample, field) for sample in samples)
@@ -371,8 +383,16 @@ def summarise_telemetry(
         "gpu_throttle_reasons": ",".join(decode_clock_event_reasons(seen)) if masks else None,
         "gpu_throttled": bool(seen & PERFORMANCE_LIMITING_MASK) if masks else None,
         "telemetry_samples": len(samples),
+        "pcie_gen": _int(extreme("pcie_gen", max)),
+        "pcie_width": _int(extreme("pcie_width", max)),
+        "pcie_gen_max": link_max[0],
+        "pcie_width_max": link_max[1],
     }
     return summary
+
+
+def _int(value: float | None) -> int | None:
+    return None if value is None else int(value)
 
 
 def _first(*calls: tuple[Any, ...]) -> Any:
@@ -431,6 +451,8 @@ def _read_sample(pynvml: ModuleType, handle: Any) -> TelemetrySample | None:
             ("nvmlDeviceGetCurrentClocksThrottleReasons", handle),
         ),
         mem_used_bytes=_used_bytes(handle),
+        pcie_gen=_call("nvmlDeviceGetCurrPcieLinkGeneration", handle),
+        pcie_width=_call("nvmlDeviceGetCurrPcieLinkWidth", handle),
     )
     return sample if any(value is not None for value in asdict(sample).values()) else None
 
@@ -456,6 +478,7 @@ class TelemetrySampler:
         self._handle: Any = None
         self._energy_start_mj: int | None = None
         self._energy_end_mj: int | None = None
+        self._link_max: tuple[int | None, int | None] = (None, None)
 
     def _take(self) -> None:
         if self._pynvml is None or self._handle is None:
@@ -482,6 +505,10 @@ class TelemetrySampler:
             self._handle = _call("nvmlDeviceGetHandleByIndex", self.nvml_index)
         if self._handle is not None:
             self._energy_start_mj = _call("nvmlDeviceGetTotalEnergyConsumption", self._handle)
+            self._link_max = (
+                _call("nvmlDeviceGetMaxPcieLinkGeneration", self._handle),
+                _call("nvmlDeviceGetMaxPcieLinkWidth", self._handle),
+            )
             self._take()
             self._thread = threading.Thread(
                 target=self._run, name=f"nvml-telemetry-{self.nvml_index}", daemon=True
@@ -509,7 +536,9 @@ class TelemetrySampler:
         return max(used) if used else None
 
     def summary(self) -> dict[str, object]:
-        return summarise_telemetry(self.samples(), self._energy_start_mj, self._energy_end_mj)
+        return summarise_telemetry(
+            self.samples(), self._energy_start_mj, self._energy_end_mj, self._link_max
+        )
 
 
 __all__ = [

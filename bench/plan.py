@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from bench.backends import GPU_ONLY
 from bench.case import Case
@@ -26,6 +27,8 @@ class Filters:
     device_kinds: tuple[str, ...] = ("cpu", "gpu")
     time_budget_s: float | None = None
     memory_limit_bytes: int | None = None  # emulate a device of this size (--memory-limit)
+    storage_dir: str = ""  # where file-writing workloads write (--storage-dir), absolute
+    storage_max_bytes: int | None = None  # cap on their data per case (--storage-max-bytes)
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,12 @@ def plan(
         if filters.memory_limit_bytes is not None:
             settings = dataclasses.replace(settings, memory_limit_bytes=filters.memory_limit_bytes)
         workload = WORKLOADS[entry.workload]
+        points = entry.points
+        if workload.scratch:
+            settings = dataclasses.replace(settings, storage_dir=filters.storage_dir)
+            if filters.storage_max_bytes is not None:
+                cap = filters.storage_max_bytes
+                points = tuple(dict.fromkeys((v, _capped(dict(p), cap)) for v, p in points))
         for backend in entry.backends:
             if filters.backends and backend not in filters.backends:
                 continue
@@ -69,7 +78,7 @@ def plan(
                     if filters.dtypes and dtype not in filters.dtypes:
                         continue
                     for device, nvml_index, memory_bytes, reason in targets:
-                        for variant, params in entry.points:
+                        for variant, params in points:
                             case = Case(
                                 suite.name,
                                 entry.workload,
@@ -81,8 +90,23 @@ def plan(
                                 settings,
                                 nvml_index,
                             )
-                            need_bytes = workload.bytes(dict(params), dtype)
+                            # A file-writing workload's bytes are on disk, not in memory.
+                            need_bytes = (
+                                0 if workload.scratch else workload.bytes(dict(params), dtype)
+                            )
                             yield Planned(case, reason or _memory_reason(need_bytes, memory_bytes))
+
+
+def _capped(params: dict[str, Any], cap_bytes: int) -> tuple[tuple[str, Any], ...]:
+    """A file-writing point held to `cap_bytes` of data (--storage-max-bytes): `file_bytes`
+    at most the cap, rounded down to whole blocks (`block_bytes`, at least one), and `files`
+    at most cap / file_bytes (at least one)."""
+    if "file_bytes" in params:
+        block = params.get("block_bytes", 1)
+        params["file_bytes"] = max(block, min(params["file_bytes"], cap_bytes) // block * block)
+        if "files" in params:
+            params["files"] = max(1, min(params["files"], cap_bytes // params["file_bytes"]))
+    return Case.make_params(params)
 
 
 def _targets(

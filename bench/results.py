@@ -8,6 +8,9 @@ Schema history (bump SCHEMA_VERSION on any change to COLUMNS; readers accept eve
   4  2026-11-23  adds the memory columns (peak_reserved_bytes ... mem_estimate_activations_bytes),
                  throughput in items (items_per_call, item_unit, items_per_s),
                  gpu_total_memory_bytes and fit_search (older rows: none; fit_search "").
+  5  2026-11-24  adds bytes_convention and gbps_best; the PCIe link (pcie_gen, pcie_width,
+                 pcie_gen_max, pcie_width_max, pcie_link_gbps); the storage columns
+                 (storage_path ... direct_io) (older rows: none).
 
 Method history (bump METHOD_VERSION when a change alters the measured figures):
   1  2026-11-23  do_bench-style time budgets, median of per-call samples, cold L2 on GPUs,
@@ -33,9 +36,9 @@ import pyarrow.parquet as pq
 from bench.errors import UserError
 from bench.nvml import TELEMETRY_COLUMNS
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 METHOD_VERSION = 1
-READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4)  # bench.report.load.migrate brings older rows up to date
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5)  # bench.report.load.migrate brings older rows up to date
 
 _TYPES = {"float64": pa.float64(), "int64": pa.int64(), "string": pa.string(), "bool": pa.bool_()}
 
@@ -74,6 +77,14 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "bytes": (pa.int64(), "fewest bytes one call must move (inputs read, output written)"),
     "tflops": (pa.float64(), "flops / time_median_s / 1e12"),
     "gbps": (pa.float64(), "bytes / time_median_s / 1e9"),
+    "gbps_best": (
+        pa.float64(),
+        "bytes / time_min_s / 1e9: STREAM's figure (best of the timed runs, all after the first)",
+    ),
+    "bytes_convention": (
+        pa.string(),
+        "how bytes counts where it is a bandwidth's numerator, e.g. read+write: 2 × buffer",
+    ),
     "items_per_call": (pa.int64(), "samples or tokens one call processes (training steps)"),
     "item_unit": (pa.string(), "what items_per_call counts: samples or tokens"),
     "items_per_s": (pa.float64(), "items_per_call / time_median_s"),
@@ -128,7 +139,24 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
         name: (_TYPES[kind], "GPU telemetry during the timed region")
         for name, kind in TELEMETRY_COLUMNS.items()
     },
+    "pcie_link_gbps": (
+        pa.float64(),
+        "the PCIe link's theoretical one-direction GB/s at pcie_gen_max × pcie_width_max",
+    ),
+    "storage_path": (pa.string(), "storage: the directory measured (--storage-dir)"),
+    "storage_device": (pa.string(), "storage: block device (nvme0n1) or mount source"),
+    "storage_kind": (pa.string(), "storage: nvme, ssd, hdd, network, ram, virtual or unknown"),
+    "storage_model": (pa.string(), "storage: the device's model"),
+    "filesystem": (pa.string(), "storage: filesystem type (ext4, xfs, nfs4, tmpfs, ...)"),
+    "direct_io": (pa.bool_(), "storage: the page cache was bypassed with O_DIRECT"),
 }
+TELEMETRY_TEXT = {
+    "pcie_gen": "PCIe link generation: the highest NVML showed during the timed region",
+    "pcie_width": "PCIe link width (lanes): the highest NVML showed during the timed region",
+    "pcie_gen_max": "PCIe link generation the GPU and system support (NVML)",
+    "pcie_width_max": "PCIe link width the GPU and system support (NVML)",
+}
+COLUMNS.update({name: (COLUMNS[name][0], text) for name, text in TELEMETRY_TEXT.items()})
 
 SCHEMA = pa.schema([pa.field(name, kind) for name, (kind, _) in COLUMNS.items()])
 
@@ -163,6 +191,12 @@ class ResultsFile:
         self.rows.append(row)
         try:
             self._write()
+        except OSError as exc:  # a full disk, a removed directory: the file keeps what it had
+            self.rows.pop()
+            raise UserError(
+                f"cannot write results to {self.path}: {exc.strerror or exc}; the "
+                f"{len(self.rows)} rows written before are in it"
+            ) from None
         except BaseException:  # e.g. Ctrl-C mid-write: rows stay what the file holds
             self.rows.pop()
             raise
@@ -232,6 +266,7 @@ def make_row(
     `runtime_version` is the backend's accelerator runtime (BackendInfo.runtime_version);
     `fit_search` the parameter `bench fit` searched (a trial row)."""
     from bench.nvml import empty_telemetry
+    from bench.pcie import link_gbps
     from bench.stats import summarize
     from bench.workloads import WORKLOADS
 
@@ -242,6 +277,7 @@ def make_row(
     flops_alt = workload.flops_alt(params) if workload.flops_alt else None
     items, item_unit = workload.items(params) if workload.items else (None, None)
     estimate = workload.memory_estimate(params, case.dtype) if workload.memory_estimate else {}
+    convention = workload.bytes_convention(params) if workload.bytes_convention else None
     parts = outcome.memory_parts
     row: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -299,10 +335,17 @@ def make_row(
         "threads": outcome.threads,
         "case_wall_s": case_wall_s,
         "fit_search": fit_search,
+        "bytes_convention": convention,
         **machine_columns,
         **empty_telemetry(),
         **outcome.telemetry,
     }
+    gen, width = row["pcie_gen_max"], row["pcie_width_max"]
+    row["pcie_link_gbps"] = link_gbps(gen, width) if gen and width else None
+    unknown = set(outcome.columns) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"{case.workload}: unknown results columns {sorted(unknown)}")
+    row.update(outcome.columns)
     if outcome.status == "ok" and outcome.samples_s:
         stats = summarize(outcome.samples_s)
         row.update(
@@ -313,6 +356,7 @@ def make_row(
             noisy=stats.noisy,
             tflops=flops / stats.median_s / 1e12 if stats.median_s > 0 else None,
             gbps=moved / stats.median_s / 1e9 if stats.median_s > 0 else None,
+            gbps_best=moved / stats.min_s / 1e9 if stats.min_s > 0 else None,
         )
         if flops_alt is not None and stats.median_s > 0:
             row["tflops_alt"] = flops_alt / stats.median_s / 1e12

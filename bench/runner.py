@@ -17,7 +17,7 @@ from bench.backends.base import BackendInfo
 from bench.case import Case, Outcome
 from bench.measure import TOO_SLOW
 from bench.plan import Planned
-from bench.worker import worker_main
+from bench.worker import remove_scratch, worker_main
 from bench.workloads import WORKLOADS
 
 # Importing a framework and creating its CUDA context can take tens of seconds on a cold
@@ -41,6 +41,7 @@ class Worker:
         self._proc: Any = None
         self._conn: Any = None
         self.info = BackendInfo(False, "not started")
+        self.pid: int | None = None  # the latest worker process's, also after it ended
 
     def start(self) -> BackendInfo:
         ctx = mp.get_context("spawn")  # a fresh interpreter: no framework state inherited
@@ -55,6 +56,7 @@ class Worker:
         os.environ.update(WORKER_ENV)  # a spawned child starts with the parent's environment
         try:
             self._proc.start()
+            self.pid = self._proc.pid
         finally:
             for key, value in saved.items():
                 if value is None:
@@ -99,6 +101,21 @@ class Worker:
             return Outcome("oom" if killed else "error", reason)
         self.close()
         return Outcome("timeout", f"no result within the case time limit of {timeout_s:g} s")
+
+    def run_cleaning(self, case: Case) -> Outcome:
+        """`run`, then remove what a file-writing case left in the storage directory, whatever
+        happened to the worker (killed at a timeout, over a memory limit, or by Ctrl-C)."""
+        first_pid = self.pid
+        try:
+            outcome = self.run(case)
+        except BaseException:
+            self.close()  # stop it writing before its files are removed
+            raise
+        finally:
+            if WORKLOADS[case.workload].scratch:
+                for pid in {first_pid, self.pid} - {None}:
+                    remove_scratch(case.settings.storage_dir, pid)
+        return outcome
 
     def _run_within(self, limit_bytes: int, timeout_s: float) -> Outcome:
         """Wait for a CPU case's outcome while holding the worker to a host memory limit: its
@@ -205,7 +222,7 @@ def execute(
                     assert worker is not None
                     if starting is not None:
                         starting(item.case)
-                    outcome = worker.run(item.case)
+                    outcome = worker.run_cleaning(item.case)
                     limits.observe(item.case, outcome)
                 elapsed_s = time.perf_counter() - started
                 info = infos.get(backend) or BackendInfo(False)
@@ -221,64 +238,70 @@ class SweepLimits:
     categorical parameters) where this machine gets too slow or runs out of memory, so one
     suite fits a laptop and a GPU server alike.
 
-    A case is skipped without running when a smaller case of its sweep (fewer FLOPs) already
-    took longer than max_call_s per call or ran out of memory, or when the best rate measured in
-    its sweep predicts more than PREDICTION_MARGIN × max_call_s per call. The margin is generous
-    because larger products usually run at a higher rate; the measure loop's own two-call check
-    catches the rest.
+    A case's size is its FLOPs or, for a workload that counts no operations (bandwidth,
+    storage), its bytes. A case is skipped without running when a smaller case of its sweep
+    already took longer than max_call_s per call or ran out of memory, or when the best rate
+    measured in its sweep predicts more than PREDICTION_MARGIN × max_call_s per call. The margin
+    is generous because larger products usually run at a higher rate; the measure loop's own
+    two-call check catches the rest.
     """
 
     PREDICTION_MARGIN = 2.0
 
     def __init__(self) -> None:
-        self._best_rate: dict[tuple[str, ...], float] = {}  # FLOP/s
-        self._too_slow_flops: dict[tuple[str, ...], int] = {}
-        self._oom_flops: dict[tuple[str, ...], int] = {}
+        self._best_rate: dict[tuple[str, ...], float] = {}  # size per second
+        self._too_slow_size: dict[tuple[str, ...], int] = {}
+        self._oom_size: dict[tuple[str, ...], int] = {}
 
     @staticmethod
-    def _sweep(case: Case) -> tuple[tuple[str, ...], int]:
-        """A sweep varies sizes: its categorical parameters (mode, layout, layer, causal, ...)
-        are part of its key, so e.g. forward and training sweeps stop on their own."""
+    def _sweep(case: Case) -> tuple[tuple[str, ...], int, str]:
+        """(sweep key, size, size unit). A sweep varies sizes: its categorical parameters (mode,
+        layout, causal, thread count, ...) are part of its key, so e.g. forward and training
+        sweeps stop on their own."""
         params = case.params_dict()
+        workload = WORKLOADS[case.workload]
+        named = {"threads", *workload.categorical}
         categories = tuple(
             f"{key}={value}"
             for key, value in sorted(params.items())
-            if isinstance(value, bool) or not isinstance(value, int | float)
+            if key in named or isinstance(value, bool) or not isinstance(value, int | float)
         )
         sweep = (case.workload, case.variant, case.backend, case.device, case.dtype, *categories)
-        return sweep, WORKLOADS[case.workload].flops(params)
+        if flops := workload.flops(params):
+            return sweep, flops, "FLOPs"
+        return sweep, workload.bytes(params, case.dtype), "bytes"
 
     def reason(self, case: Case) -> str:
         """Why `case` should not run, or ""."""
-        sweep, flops = self._sweep(case)
+        sweep, size, unit = self._sweep(case)
         limit_s = case.settings.max_call_s
-        if flops >= self._oom_flops.get(sweep, flops + 1):
+        if size >= self._oom_size.get(sweep, size + 1):
             return (
-                f"not run: a smaller case of this sweep ({self._oom_flops[sweep]:.3g} FLOPs) "
+                f"not run: a smaller case of this sweep ({self._oom_size[sweep]:.3g} {unit}) "
                 "ran out of memory"
             )
-        if flops >= self._too_slow_flops.get(sweep, flops + 1):
+        if size >= self._too_slow_size.get(sweep, size + 1):
             return (
-                f"{TOO_SLOW}: a smaller case of this sweep ({self._too_slow_flops[sweep]:.3g} "
-                f"FLOPs) took over max_call_s = {limit_s:g} s per call"
+                f"{TOO_SLOW}: a smaller case of this sweep ({self._too_slow_size[sweep]:.3g} "
+                f"{unit}) took over max_call_s = {limit_s:g} s per call"
             )
         rate = self._best_rate.get(sweep)
-        if rate and flops / rate > self.PREDICTION_MARGIN * limit_s:
+        if rate and size / rate > self.PREDICTION_MARGIN * limit_s:
             return (
-                f"{TOO_SLOW}: {flops / rate:.3g} s per call predicted from the rate measured on "
+                f"{TOO_SLOW}: {size / rate:.3g} s per call predicted from the rate measured on "
                 f"a smaller case, over {self.PREDICTION_MARGIN:g} × max_call_s = {limit_s:g} s"
             )
         return ""
 
     def observe(self, case: Case, outcome: Outcome) -> None:
-        sweep, flops = self._sweep(case)
+        sweep, size, _ = self._sweep(case)
         if outcome.status == "ok" and outcome.samples_s:
-            rate = flops / min(outcome.samples_s)
+            rate = size / min(outcome.samples_s)
             self._best_rate[sweep] = max(rate, self._best_rate.get(sweep, 0.0))
         elif outcome.status == "timeout" or outcome.reason.startswith(TOO_SLOW):
-            self._too_slow_flops[sweep] = min(flops, self._too_slow_flops.get(sweep, flops))
+            self._too_slow_size[sweep] = min(size, self._too_slow_size.get(sweep, size))
         elif outcome.status == "oom":
-            self._oom_flops[sweep] = min(flops, self._oom_flops.get(sweep, flops))
+            self._oom_size[sweep] = min(size, self._oom_size.get(sweep, size))
 
 
 def _skip_reason(item: Planned, info: BackendInfo | None) -> Outcome | None:

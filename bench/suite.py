@@ -6,9 +6,11 @@
     time_budget_s = 1.0
     [[cases]]                   # one or more entries
     workload = "matmul"
-    backends = ["torch", "jax"] # optional, default: all backends
-    devices = ["cpu", "gpu"]    # optional, default: both
-    dtypes = ["float32"]
+    backends = ["torch", "jax"] # optional, default: the workload's (torch, jax, cupy for most)
+    devices = ["cpu", "gpu"]    # optional, default: the workload's (both for most)
+    dtypes = ["float32"]        # required unless the workload has a default
+    threads = [1, 2, "all"]     # optional, CPU entries only: each point at each thread count
+                                # ("sweep": 1, 2, 4, ... and all usable cores)
     square = [256, 512]         # the workload's own keys (see `bench list`)
     [cases.settings]            # optional per-entry overrides of [settings]
 
@@ -23,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.backends import BACKENDS
-from bench.backends.base import DTYPES
+from bench.backends.base import DTYPES, usable_cores
 from bench.case import Settings
 from bench.errors import UserError
 from bench.tomlfile import read_toml
@@ -31,7 +33,7 @@ from bench.workloads import WORKLOADS
 
 SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
 DEVICE_KINDS = ("cpu", "gpu")
-ENTRY_KEYS = ("workload", "backends", "devices", "dtypes", "settings")
+ENTRY_KEYS = ("workload", "backends", "devices", "dtypes", "threads", "settings")
 
 # Accepted ranges of each setting: (type, lowest, highest).
 SETTING_RANGES: dict[str, tuple[type, float, float]] = {
@@ -151,6 +153,24 @@ def _names(raw: Any, valid: tuple[str, ...] | list[str], where: str) -> tuple[st
     return tuple(dict.fromkeys(raw))
 
 
+def thread_counts(raw: Any, cores: int, where: str) -> list[int]:
+    """Thread counts from a suite's `threads`: a list of positive ints and "all", or "sweep"
+    (1, 2, 4, ... below `cores`, then `cores`)."""
+    if raw == "sweep":
+        return [2**i for i in range(cores.bit_length()) if 2**i < cores] + [cores]
+    if not isinstance(raw, list) or not raw:
+        raise UserError(f'{where}: expected "sweep" or a list of thread counts and "all"')
+    counts = []
+    for i, value in enumerate(raw):
+        if value == "all":
+            counts.append(cores)
+        elif isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            counts.append(value)
+        else:
+            raise UserError(f'{where}[{i}]: expected a positive integer or "all", got {value!r}')
+    return list(dict.fromkeys(counts))
+
+
 def _parse_entry(raw: Any, suite_settings: Settings, where: str) -> Entry:
     if not isinstance(raw, dict):
         raise UserError(f"{where}: expected a table")
@@ -164,14 +184,25 @@ def _parse_entry(raw: Any, suite_settings: Settings, where: str) -> Entry:
             f"{where}: unknown key(s) {', '.join(map(repr, unknown))} for {workload}; "
             f"valid: {', '.join(valid_keys)}"
         )
-    backends = _names(raw.get("backends", list(BACKENDS)), list(BACKENDS), f"{where}.backends")
-    devices = _names(raw.get("devices", list(DEVICE_KINDS)), DEVICE_KINDS, f"{where}.devices")
-    if "dtypes" not in raw:
+    spec = WORKLOADS[workload]
+    known = [b for b in BACKENDS if b in spec.backends]
+    backends = _names(raw.get("backends", known), known, f"{where}.backends")
+    kinds = [k for k in DEVICE_KINDS if k in spec.device_kinds]
+    devices = _names(raw.get("devices", kinds), kinds, f"{where}.devices")
+    valid_dtypes = spec.dtypes or DTYPES
+    if "dtypes" not in raw and spec.dtypes is None:
         raise UserError(f"{where}: missing dtypes; valid: {', '.join(DTYPES)}")
-    dtypes = _names(raw["dtypes"], DTYPES, f"{where}.dtypes")
+    dtypes = _names(raw.get("dtypes", list(valid_dtypes[:1])), valid_dtypes, f"{where}.dtypes")
     settings = parse_settings(raw.get("settings", {}), suite_settings, f"{where}.settings")
     own = {k: v for k, v in raw.items() if k not in ENTRY_KEYS}
-    points = WORKLOADS[workload].parse(own, where)
+    points = spec.parse(own, where)
+    if "threads" in raw:
+        if devices != ("cpu",):
+            raise UserError(
+                f'{where}.threads: thread counts apply to CPU cases: add devices = ["cpu"]'
+            )
+        counts = thread_counts(raw["threads"], usable_cores(), f"{where}.threads")
+        points = [(v, {**p, "threads": n}) for v, p in points for n in counts]
     # A point listed twice is measured once, as a name listed twice is.
     frozen = tuple(dict.fromkeys((variant, tuple(sorted(p.items()))) for variant, p in points))
     return Entry(workload, backends, devices, dtypes, frozen, settings)

@@ -11,9 +11,11 @@ import contextlib
 import dataclasses
 import gc
 import os
+import shutil
 import traceback
 from dataclasses import asdict
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from bench.backends import base, load
@@ -24,6 +26,8 @@ from bench.workloads import WORKLOADS
 
 # How a case whose --memory-limit cannot even hold the process's fixed overhead is told apart.
 OVER_LIMIT = "the memory limit of"
+# Name of the directory (under the storage directory) a worker's file-writing case writes in.
+SCRATCH_PREFIX = ".bench-scratch-"
 SEED = 20261123  # inputs are seeded so every run measures the same data
 # The first case on a GPU warms up this long instead of its own warmup_s: an idle GPU sits at a
 # low clock, and METHOD.md asks for the device to be warm before a sweep starts.
@@ -85,6 +89,8 @@ def run_case(bk: Any, case: Case, memory: _WorkerMemory | None = None) -> Outcom
     try:
         known["device_name"] = bk.device_name(device)
         known["precision"] = bk.set_precision(dtype, device)
+        params = case.params_dict()
+        bk.set_threads(device, params.get("threads"))
         known["threads"] = bk.threads(device)
         if device != "cpu":
             known.update(_device_baseline(bk, case, memory))
@@ -92,8 +98,14 @@ def run_case(bk: Any, case: Case, memory: _WorkerMemory | None = None) -> Outcom
             known["fixed_overhead_bytes"] = memory.cpu_fixed_bytes
         flush = bk.flusher(device) if case.settings.l2_flush else None
         known["cache"] = "hot" if flush is None else "cold"
-        prepared = WORKLOADS[case.workload].setup(bk, device, dtype, case.params_dict(), SEED)
+        workload = WORKLOADS[case.workload]
+        extra = {}
+        if workload.scratch:
+            extra["scratch_dir"] = scratch = scratch_dir(case.settings.storage_dir, os.getpid())
+            scratch.mkdir(parents=True, exist_ok=True)
+        prepared = workload.setup(bk, device, dtype, params, SEED, **extra)
         known["impl"] = prepared.impl
+        known["columns"] = prepared.columns
         rel_error = prepared.check()
         known.update(rel_error=rel_error, tolerance=prepared.tolerance)
         if not rel_error <= prepared.tolerance:  # NaN compares false: it never passes
@@ -131,6 +143,18 @@ def run_case(bk: Any, case: Case, memory: _WorkerMemory | None = None) -> Outcom
         # MemoryError: a host allocation failed (numpy, or the float64 reference of a check).
         status = "oom" if isinstance(exc, MemoryError) or bk.is_oom(exc) else "error"
         return Outcome(status, _one_line(exc), **known)
+    finally:
+        if WORKLOADS[case.workload].scratch:
+            remove_scratch(case.settings.storage_dir, os.getpid())
+
+
+def scratch_dir(storage_dir: str, worker_pid: int) -> Path:
+    """The directory a worker's file-writing case writes in; the parent knows it by the pid."""
+    return Path(storage_dir or ".") / f"{SCRATCH_PREFIX}{worker_pid}"
+
+
+def remove_scratch(storage_dir: str, worker_pid: int) -> None:
+    shutil.rmtree(scratch_dir(storage_dir, worker_pid), ignore_errors=True)
 
 
 def _device_baseline(bk: Any, case: Case, memory: _WorkerMemory) -> dict[str, Any]:

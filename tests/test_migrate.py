@@ -38,6 +38,7 @@ CPU_V1 = GOLDEN / "results_schema1_cpu.parquet"
 GPU_V1 = GOLDEN / "results_schema1_gpu.parquet"
 CPU_V2 = GOLDEN / "results_schema2_cpu.parquet"
 CPU_V3 = GOLDEN / "results_schema3_cpu.parquet"
+CPU_V4 = GOLDEN / "results_schema4_cpu.parquet"
 V1_COLUMNS = pq.read_schema(CPU_V1).names
 
 
@@ -154,7 +155,7 @@ def test_a_version_3_file_loads_with_the_version_4_columns_empty() -> None:
     pd.testing.assert_frame_equal(
         loaded.rows[list(raw.columns)].reset_index(drop=True), raw, check_dtype=False
     )
-    new = [name for name in COLUMNS if name not in raw.columns]
+    new = [name for name in COLUMNS if name not in raw.columns and name != "gbps_best"]
     assert "host_peak_bytes" in new and "items_per_s" in new and "fit_search" in new
     for column in new:
         expected = "" if column == "fit_search" else None
@@ -164,14 +165,36 @@ def test_a_version_3_file_loads_with_the_version_4_columns_empty() -> None:
     assert loaded.rows["flops_alt"].notna().any()  # version 3's own columns survive
 
 
+def test_a_version_4_file_gets_gbps_best_from_its_times_and_the_rest_empty() -> None:
+    assert pq.read_schema(CPU_V4).metadata[b"bench.schema_version"] == b"4"
+    assert CPU_V4.stat().st_size < 100_000
+    raw = pq.read_table(CPU_V4).to_pandas()
+    loaded = load([CPU_V4])
+    assert loaded.warnings == [] and _columns(loaded.rows) == list(COLUMNS)
+    pd.testing.assert_frame_equal(
+        loaded.rows[list(raw.columns)].reset_index(drop=True), raw, check_dtype=False
+    )
+    ok = raw["status"] == "ok"
+    best = loaded.rows["gbps_best"]
+    assert best[ok].to_numpy() == pytest.approx((raw["bytes"] / raw["time_min_s"] / 1e9)[ok])
+    assert (best[ok] >= loaded.rows["gbps"][ok]).all()  # the best sample beats the median
+    assert all(_missing(v) for v in best[~ok])
+    new = [name for name in COLUMNS if name not in raw.columns and name != "gbps_best"]
+    assert {"bytes_convention", "pcie_link_gbps", "storage_kind", "direct_io"} <= set(new)
+    for column in new:
+        assert all(_missing(v) for v in loaded.rows[column]), column
+    assert {"matmul", "attention", "train"} <= set(loaded.rows["workload"])
+    assert loaded.rows["items_per_s"].notna().any()  # version 4's own columns survive
+
+
 def test_files_of_every_version_load_together(tmp_path: Path) -> None:
-    v4 = _write_current(tmp_path / "v4.parquet", _cpu_ok_outcome(), runtime_version=None)
-    loaded = load([CPU_V1, GPU_V1, CPU_V2, CPU_V3, v4])
+    v5 = _write_current(tmp_path / "v5.parquet", _cpu_ok_outcome(), runtime_version=None)
+    loaded = load([CPU_V1, GPU_V1, CPU_V2, CPU_V3, CPU_V4, v5])
     assert loaded.warnings == []
     assert _columns(loaded.rows) == list(COLUMNS)
-    assert set(loaded.rows["schema_version"]) == {1, 2, 3, 4}
-    v2_rows, v3_rows = pq.read_metadata(CPU_V2).num_rows, pq.read_metadata(CPU_V3).num_rows
-    assert len(loaded.rows) == 210 + 5 + v2_rows + v3_rows + 1
+    assert set(loaded.rows["schema_version"]) == {1, 2, 3, 4, 5}
+    older = sum(pq.read_metadata(p).num_rows for p in (CPU_V2, CPU_V3, CPU_V4))
+    assert len(loaded.rows) == 210 + 5 + older + 1
 
 
 # --- runtime_version in new files ---------------------------------------------------------------
@@ -199,7 +222,7 @@ def test_a_new_file_says_cpu_for_a_real_cpu_case(tmp_path: Path, torch_backend: 
     assert outcome.status == "ok", outcome.reason
     path = _write_current(tmp_path / "r.parquet", outcome, info.runtime_version)
     frame, meta = read_results(path)
-    assert meta["schema_version"] == SCHEMA_VERSION == 4
+    assert meta["schema_version"] == SCHEMA_VERSION == 5
     assert list(frame["runtime_version"]) == ["cpu"]
     assert list(load([path]).rows["runtime_version"]) == ["cpu"]
 

@@ -434,12 +434,13 @@ def test_decode_combined_and_unknown_bits() -> None:
 
 def test_summarise_telemetry_values() -> None:
     samples = [
-        TelemetrySample(1980, 2619, 60, 500.0, 0),
-        TelemetrySample(1755, 2619, 71, 690.0, pynvml.nvmlClocksEventReasonSwPowerCap),
+        TelemetrySample(1980, 2619, 60, 500.0, 0, pcie_gen=1, pcie_width=16),
+        TelemetrySample(1755, 2619, 71, 690.0, pynvml.nvmlClocksEventReasonSwPowerCap, None, 5, 16),
         TelemetrySample(1980, None, 65, 650.0, pynvml.nvmlClocksEventReasonGpuIdle),
-        TelemetrySample(1800, 2600, None, None, None),
+        TelemetrySample(1800, 2600, None, None, None, pcie_gen=4, pcie_width=8),
     ]
-    assert summarise_telemetry(samples, 1_000_000, 1_250_500) == {
+    # The link trains down when idle: the highest generation seen is what the case ran on.
+    assert summarise_telemetry(samples, 1_000_000, 1_250_500, (5, 16)) == {
         "gpu_sm_clock_mhz_median": 1890.0,
         "gpu_sm_clock_mhz_min": 1755.0,
         "gpu_mem_clock_mhz_median": 2619.0,
@@ -450,6 +451,10 @@ def test_summarise_telemetry_values() -> None:
         "gpu_throttle_reasons": "gpu_idle,sw_power_cap",
         "gpu_throttled": True,
         "telemetry_samples": 4,
+        "pcie_gen": 5,
+        "pcie_width": 16,
+        "pcie_gen_max": 5,
+        "pcie_width_max": 16,
     }
 
 
@@ -516,6 +521,10 @@ def test_telemetry_columns() -> None:
         "gpu_throttle_reasons",
         "gpu_throttled",
         "telemetry_samples",
+        "pcie_gen",
+        "pcie_width",
+        "pcie_gen_max",
+        "pcie_width_max",
     ]
     assert set(TELEMETRY_COLUMNS.values()) <= {"float64", "int64", "string", "bool"}
 

@@ -222,7 +222,7 @@ def _attention_flops(p: dict[str, Any]) -> int:
 def test_sweep_limits_keep_forward_and_training_sweeps_apart(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    fake = types.SimpleNamespace(flops=_attention_flops)
+    fake = types.SimpleNamespace(flops=_attention_flops, categorical=())
     monkeypatch.setitem(runner.WORKLOADS, "matmul_like_mode", fake)
     limits = runner.SweepLimits()
     limits.observe(_attention("train", 1024), Outcome("oom", "out of memory"))
@@ -231,7 +231,7 @@ def test_sweep_limits_keep_forward_and_training_sweeps_apart(
 
 
 def test_sweeps_differ_by_every_categorical_parameter(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = types.SimpleNamespace(flops=lambda p: p["batch"] * 1000)
+    fake = types.SimpleNamespace(flops=lambda p: p["batch"] * 1000, categorical=())
     monkeypatch.setitem(runner.WORKLOADS, "layers", fake)
 
     def case(batch: int, layer: str, layout: str = "nchw") -> Case:
@@ -243,3 +243,23 @@ def test_sweeps_differ_by_every_categorical_parameter(monkeypatch: pytest.Monkey
     assert limits.reason(case(16, "conv1")).startswith("not run")
     assert limits.reason(case(16, "conv2")) == ""  # another layer
     assert limits.reason(case(16, "conv1", "nhwc")) == ""  # another layout
+
+
+def test_sweeps_size_by_bytes_without_flops_and_keep_thread_counts_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = types.SimpleNamespace(
+        flops=lambda p: 0, bytes=lambda p, dtype: p["bytes"], categorical=("depth",)
+    )
+    monkeypatch.setitem(runner.WORKLOADS, "streaming", fake)
+
+    def case(size: int, threads: int = 1, depth: int = 1) -> Case:
+        params = {"bytes": size, "threads": threads, "depth": depth}
+        return make_case("torch", "float32", params, workload="streaming", variant="copy")
+
+    limits = runner.SweepLimits()
+    limits.observe(case(2**20), Outcome("oom", "out of memory"))
+    assert limits.reason(case(2**19)) == ""  # smaller in bytes: a size, not a category
+    assert "2**20" not in (why := limits.reason(case(2**21))) and "bytes" in why
+    assert limits.reason(case(2**21, threads=2)) == ""  # another thread count: another sweep
+    assert limits.reason(case(2**21, depth=32)) == ""  # a categorical int of the workload

@@ -18,6 +18,7 @@ from bench.backends.base import DTYPES
 from bench.case import Settings
 from bench.errors import UserError
 from bench.suite import SETTING_RANGES, parse_settings
+from bench.workloads import WORKLOADS
 
 MATMUL = {"workload": "matmul", "dtypes": ["float32"], "square": [64]}
 
@@ -45,16 +46,17 @@ def test_shipped_suites_load(name: str) -> None:
     assert suite.entries and all(entry.points for entry in suite.entries)
     for entry in suite.entries:
         assert set(entry.backends) <= set(BACKENDS)
-        assert set(entry.dtypes) <= set(DTYPES)
+        assert set(entry.dtypes) <= set(WORKLOADS[entry.workload].dtypes or DTYPES)
         assert entry.settings.min_samples <= entry.settings.max_samples
 
 
 def test_quick_suite_is_small_and_covers_every_dtype_and_backend() -> None:
     quick = suites.load("quick")
     assert quick.settings.time_budget_s <= 0.1
-    assert {d for e in quick.entries for d in e.dtypes} == set(DTYPES)
-    assert {b for e in quick.entries for b in e.backends} == set(BACKENDS)
-    largest = max(dict(params)["m"] for e in quick.entries for _, params in e.points)
+    assert set(DTYPES) <= {d for e in quick.entries for d in e.dtypes}
+    assert {b for e in quick.entries for b in e.backends} == set(WORKLOADS["matmul"].backends)
+    matmuls = [e for e in quick.entries if e.workload == "matmul"]
+    largest = max(dict(params)["m"] for e in matmuls for _, params in e.points)
     assert largest <= 512
 
 
@@ -65,7 +67,7 @@ def test_a_suite_by_path_and_by_name(write_suite: Callable[..., Path]) -> None:
     assert suite.entries[0].points == (("square", (("batch", 1), ("k", 64), ("m", 64), ("n", 64))),)
     # The defaults where the suite says nothing.
     assert suite.settings == Settings()
-    assert suite.entries[0].backends == tuple(BACKENDS)
+    assert suite.entries[0].backends == WORKLOADS["matmul"].backends
     assert suite.entries[0].devices == ("cpu", "gpu")
 
 
@@ -239,7 +241,7 @@ def test_unknown_entry_key_lists_entry_and_workload_keys(
 ) -> None:
     message = _error(write_suite([{**MATMUL, typo: ["torch"]}]))
     assert f"cases[0]: unknown key(s) '{typo}'" in message
-    assert "valid: workload, backends, devices, dtypes, settings, square, transformer" in message
+    assert "valid: workload, backends, devices, dtypes, threads, settings, square, trans" in message
 
 
 def test_missing_workload(write_suite: Callable[..., Path]) -> None:
@@ -267,7 +269,7 @@ def test_duplicate_names_are_kept_once_in_order(write_suite: Callable[..., Path]
 
 
 @given(
-    st.lists(st.sampled_from(list(BACKENDS)), min_size=1, max_size=5),
+    st.lists(st.sampled_from(list(WORKLOADS["matmul"].backends)), min_size=1, max_size=5),
     st.lists(st.sampled_from(list(DTYPES)), min_size=1, max_size=8),
 )
 def test_valid_names_are_accepted(backends: list[str], dtypes: list[str]) -> None:

@@ -13,6 +13,7 @@ BACKENDS: dict[str, str] = {
     "torch": "bench.backends.torch_backend",
     "jax": "bench.backends.jax_backend",
     "cupy": "bench.backends.cupy_backend",
+    "host": "bench.backends.host_backend",  # no framework: workloads of the machine (storage)
 }
 # Backends with no CPU device: their CPU cases are planned as skipped.
 GPU_ONLY: dict[str, str] = {"cupy": "cupy runs on NVIDIA GPUs only"}

@@ -100,6 +100,11 @@ class Backend(Protocol):
 
     def threads(self, device: str) -> int | None: ...
 
+    def set_threads(self, device: str, threads: int | None) -> None:
+        """Use `threads` CPU threads for the next case (None: the backend's default), or raise
+        Unsupported saying why it cannot."""
+        ...
+
     def release(self) -> None:
         """Drop cached device memory after a case (so one case's pool does not starve the next)."""
         ...
@@ -152,6 +157,14 @@ def host_rss_bytes() -> int | None:
 def host_peaks() -> MemoryPeaks:
     peak, source = host_peak_bytes()
     return MemoryPeaks(peak, source)
+
+
+def check_threads(threads: int) -> None:
+    """Unsupported when a case asks for more threads than this process may run on cores."""
+    if threads > usable_cores():
+        raise Unsupported(
+            f"asks for {threads} threads; this process may use {usable_cores()} cores"
+        )
 
 
 def usable_cores() -> int:

@@ -176,5 +176,9 @@ class Backend:
     def threads(self, device: str) -> int | None:
         return None
 
+    def set_threads(self, device: str, threads: int | None) -> None:
+        if threads is not None:
+            raise Unsupported("cupy runs on NVIDIA GPUs only: no CPU thread count")
+
     def release(self) -> None:
         self.cupy.get_default_memory_pool().free_all_blocks()

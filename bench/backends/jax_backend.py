@@ -194,6 +194,20 @@ class Backend:
         # XLA:CPU ignores OMP/MKL variables; the process's CPU affinity is what limits it.
         return base.usable_cores() if device == "cpu" else None
 
+    def set_threads(self, device: str, threads: int | None) -> None:
+        if threads is None:
+            return
+        if device != "cpu":
+            raise Unsupported("a thread count applies to CPU cases")
+        base.check_threads(threads)
+        if threads != base.usable_cores():
+            # METHOD.md: XLA ignores OMP/MKL variables; its pool is sized at start-up from the
+            # cores the process may use.
+            raise Unsupported(
+                f"XLA's CPU thread pool is sized at start-up: only all {base.usable_cores()} "
+                "usable cores (limit them with taskset)"
+            )
+
     def release(self) -> None:
         self.jax.clear_caches()
 

@@ -46,6 +46,7 @@ class Backend:
         except ImportError as exc:
             return BackendInfo(False, f"torch is not installed ({exc})")
         self.torch = torch
+        self._default_threads = torch.get_num_threads()
         details: dict[str, Any] = {
             "threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -187,6 +188,14 @@ class Backend:
 
     def threads(self, device: str) -> int | None:
         return self.torch.get_num_threads() if device == "cpu" else None
+
+    def set_threads(self, device: str, threads: int | None) -> None:
+        if threads is not None:
+            if device != "cpu":
+                raise Unsupported("a thread count applies to CPU cases")
+            base.check_threads(threads)
+        # Every case sets it, so a previous case's count cannot leak into the next.
+        self.torch.set_num_threads(threads or self._default_threads)
 
     def release(self) -> None:
         if self.torch.cuda.is_available():

@@ -59,8 +59,17 @@ def _v3_to_v4(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(**dict.fromkeys(new), fit_search="")
 
 
+def _v4_to_v5(rows: pd.DataFrame) -> pd.DataFrame:
+    """Adds gbps_best, computed from the recorded bytes and time_min_s (the same arithmetic the
+    writer uses now), and the byte-convention, PCIe and storage columns: none recorded before
+    version 5 (no workload then had a byte convention of its own, a link or a disk)."""
+    new = [name for name in COLUMNS if name not in rows.columns]
+    best = rows["bytes"] / rows["time_min_s"].where(rows["time_min_s"] > 0) / 1e9
+    return rows.assign(**dict.fromkeys(new)).assign(gbps_best=best)
+
+
 # version -> the step that turns rows of that version into rows of the next one
-_STEPS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+_STEPS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
 
 
 def migrate(rows: pd.DataFrame, version: int) -> pd.DataFrame:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ ITEM_BYTES = {
     "float8_e4m3": 1,
     "int8": 1,
     "int32": 4,
+    "bytes": 1,  # raw bytes with no element type (storage, host-device transfers)
 }
 
 # flops and bytes are int64 columns of the results file: a point whose counts overflow them
@@ -51,13 +52,17 @@ class Prepared:
     returns the relative error of a fresh call's output against a float64 reference.
     `impl` names the code that runs where a backend has more than one way (a results column).
     `memory_parts()`, called after the timed calls, gives the bytes the case's live state holds
-    by part ("params", "grads", "optimizer"), for workloads that keep such state (training)."""
+    by part ("params", "grads", "optimizer"), for workloads that keep such state (training).
+    `columns` holds results-column values the case knows about itself."""
 
     run: Callable[[], Any]
     check: Callable[[], float]
     tolerance: float
     impl: str = ""
     memory_parts: Callable[[], dict[str, int]] | None = None
+    # Results-column values the case itself knows (e.g. storage: the device and filesystem it
+    # measured); names must be results columns; they are applied last.
+    columns: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,22 @@ class Workload:
     # The analytic (rule-of-thumb) memory estimate by part, in bytes, for a dtype; None where
     # the workload has none.
     memory_estimate: Callable[[dict[str, Any], str], dict[str, int]] | None = None
+    # The backends and device kinds a suite entry gets when it names none, and the only ones
+    # it may name (e.g. storage: the framework-free "host" backend on the CPU).
+    backends: tuple[str, ...] = ("torch", "jax", "cupy")
+    device_kinds: tuple[str, ...] = ("cpu", "gpu")
+    # The dtypes the workload accepts (None: any of backends.base.DTYPES); where set, an entry
+    # may omit `dtypes` and gets the first.
+    dtypes: tuple[str, ...] | None = None
+    # How `bytes` counts for a point, e.g. "read+write: 2 × buffer" (results column
+    # bytes_convention); None where the count is the fewest bytes inputs and output need.
+    bytes_convention: Callable[[dict[str, Any]], str] | None = None
+    # Integer parameters that name a series rather than a size (a queue depth), so sweep limits
+    # treat them as categories; "threads" always is one.
+    categorical: tuple[str, ...] = ()
+    # The workload writes files: setup gets `scratch_dir=`, an empty directory under the
+    # user's storage directory that the worker and the parent remove after the case.
+    scratch: bool = False
 
 
 def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
