@@ -93,7 +93,11 @@ def _shape(params_json: str) -> str:
 def _result(row: dict[str, Any]) -> str:
     if row["status"] != "ok":
         return f"{row['status']} ({row['reason'][:80]})"
-    text = f"{row['tflops']:.3f} TFLOP/s (median {row['time_median_s'] * 1e3:.3f} ms)"
+    median = f"(median {row['time_median_s'] * 1e3:.3f} ms)"
+    if row.get("flops"):
+        text = f"{row['tflops']:.3f} TFLOP/s {median}"
+    else:  # bandwidth and storage: bytes are the figure
+        text = f"{row['gbps']:.4g} GB/s {median}"
     if row.get("items_per_s") is not None:  # training steps: samples/s or tokens/s too
         text = f"{row['items_per_s']:.4g} {row['item_unit']}/s, " + text
     if row.get("peak_mem_bytes") is not None and row.get("mem_estimate_bytes") is not None:
@@ -106,16 +110,23 @@ FIGURE = re.compile(r"(?<![\w.])[0-9][0-9.e+]*")  # 12, 0.5, 1.07e+09; not tf32 
 
 def summary(rows: list[dict[str, Any]], path: str, elapsed_s: float | None = None) -> str:
     """The end-of-run table as text; the file's path is the last line."""
-    best: dict[tuple[str, str, str], float] = {}
+    # The best of each device × backend × dtype, by the measure of each row: TFLOP/s where it
+    # counts operations, GB/s where bytes are the figure (bandwidth, transfers, storage).
+    best: dict[tuple[str, str, str, str], float] = {}
     for row in rows:
-        if row["status"] == "ok" and row.get("tflops") is not None:
-            key = (row["device"], row["backend"], row["dtype"])
-            best[key] = max(best.get(key, 0.0), row["tflops"])
+        if row["status"] != "ok":
+            continue
+        unit, value = (
+            ("TFLOP/s", row.get("tflops")) if row.get("flops") else ("GB/s", row.get("gbps"))
+        )
+        if value is not None:
+            key = (row["device"], row["backend"], row["dtype"], unit)
+            best[key] = max(best.get(key, 0.0), value)
     lines = []
     if best:
-        lines.append(f"{'device':<10} {'backend':<7} {'dtype':<12} {'best TFLOP/s':>12}")
-        for (device, backend, dtype), tflops in sorted(best.items()):
-            lines.append(f"{device:<10} {backend:<7} {dtype:<12} {tflops:>12.3f}")
+        lines.append(f"{'device':<10} {'backend':<7} {'dtype':<12} {'best':>12}")
+        for (device, backend, dtype, unit), value in sorted(best.items()):
+            lines.append(f"{device:<10} {backend:<7} {dtype:<12} {value:>12.3f} {unit}")
     counts = Counter(row["status"] for row in rows)
     noisy = sum(1 for row in rows if row.get("noisy"))
     lines.append(
