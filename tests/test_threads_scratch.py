@@ -6,12 +6,15 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import signal
+import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAST, make_case, register_fake_workload, run_bench
+from conftest import FAST, REPO, bench_cmd, make_case, register_fake_workload, run_bench
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,7 +24,7 @@ from bench.backends import load
 from bench.backends.base import usable_cores
 from bench.errors import UserError
 from bench.plan import Filters, _capped, plan
-from bench.results import ResultsFile
+from bench.results import ResultsFile, read_results
 from bench.suite import thread_counts
 from bench.units import parse_bytes, size_points
 from bench.workloads.base import Prepared
@@ -255,8 +258,79 @@ def test_a_results_disk_that_fills_up_is_a_user_error_keeping_earlier_rows(
     assert pq.read_table(tmp_path / "r.parquet").num_rows == 1
 
 
-def test_a_storage_directory_that_cannot_be_written_is_exit_2(tmp_path: Path) -> None:
+STORAGE = {"workload": "storage", "tests": ["seq-read"], "file_size": "256MiB"}
+
+
+def test_a_storage_directory_that_cannot_be_written_is_exit_2(
+    tmp_path: Path, write_suite: Callable[..., Path]
+) -> None:
+    suite = write_suite([STORAGE])
     missing = tmp_path / "nope"
-    done = run_bench("run", "quick", "--storage-dir", str(missing), "--workload", "storage")
-    assert done.returncode == 2 and "--storage-dir" in done.stderr
-    assert "Traceback" not in done.stderr
+    done = run_bench("run", str(suite), "--storage-dir", str(missing), "--out", str(tmp_path))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == f"bench: error: --storage-dir: {missing} is not a directory"
+    bad_cap = run_bench("run", str(suite), "--storage-max-bytes", "lots", "--out", str(tmp_path))
+    assert bad_cap.returncode == 2 and "--storage-max-bytes: expected a size" in bad_cap.stderr
+    assert "Traceback" not in done.stderr + bad_cap.stderr
+
+
+def _start_storage_run(suite: Path, storage: Path, out: Path) -> subprocess.Popen[str]:
+    """`bench run` in its own process group (as a shell job, with Python's Ctrl-C handling),
+    returned once its storage case has started writing its test file."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:  # a background job of a shell without job control
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        args = ("run", str(suite), "--storage-dir", str(storage), "--out", str(out))
+        proc = subprocess.Popen(
+            bench_cmd(*args),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if any(f.is_file() and f.stat().st_size for f in storage.rglob("*")):
+            return proc
+        time.sleep(0.02)
+    proc.kill()
+    pytest.fail("the storage case wrote nothing in time")
+
+
+def test_ctrl_c_during_a_storage_case_leaves_nothing_behind(
+    tmp_path: Path, write_suite: Callable[..., Path]
+) -> None:
+    storage = tmp_path / "disk"
+    storage.mkdir()
+    suite = write_suite([{**STORAGE, "settings": {"time_budget_s": 60, "max_call_s": 60}}])
+    proc = _start_storage_run(suite, storage, tmp_path / "out")
+    try:
+        time.sleep(0.3)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert list(storage.iterdir()) == []
+
+
+def test_a_storage_case_killed_at_its_time_limit_leaves_nothing_behind(
+    tmp_path: Path, write_suite: Callable[..., Path]
+) -> None:
+    storage = tmp_path / "disk"
+    storage.mkdir()
+    limits = {"time_budget_s": 60, "max_call_s": 60, "case_timeout_s": 1.5}
+    suite = write_suite([{**STORAGE, "settings": limits}])
+    proc = _start_storage_run(suite, storage, tmp_path / "out")
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert list(storage.iterdir()) == []
+    frame, _ = read_results(next((tmp_path / "out").rglob("*.parquet")))
+    assert list(frame["status"]) == ["timeout"]
