@@ -232,9 +232,21 @@ def cmd_list(args: argparse.Namespace) -> int:
         except UserError as exc:
             description = f"INVALID: {exc}"
         print(f"  {name:<12} {description}")
-    print("Workloads")
+    print("Workloads (every entry also takes backends, devices, dtypes, settings, and on CPU")
+    print('  entries threads = [1, 2, "all"] or "sweep"; defaults where a workload has its own)')
     for workload in WORKLOADS.values():
         print(f"  {workload.name:<12} {workload.description}")
+        own = [
+            f"{label} {', '.join(values)}"
+            for label, values, usual in (
+                ("backends", workload.backends, ("torch", "jax", "cupy")),
+                ("devices", workload.device_kinds, ("cpu", "gpu")),
+                ("dtypes", workload.dtypes or (), ()),
+            )
+            if values != usual
+        ]
+        if own:
+            print(f"    {'(only)':<12} {'; '.join(own)}")
         for key, meaning in workload.keys.items():
             print(f"    {key:<12} {meaning}")
     print(f"Dtypes\n  {', '.join(DTYPES)}")
