@@ -232,8 +232,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         except UserError as exc:
             description = f"INVALID: {exc}"
         print(f"  {name:<12} {description}")
-    print("Workloads (every entry also takes backends, devices, dtypes, settings, and on CPU")
-    print('  entries threads = [1, 2, "all"] or "sweep"; defaults where a workload has its own)')
+    print("Workloads")
+    print("  every entry also takes backends, devices, dtypes and settings, and a CPU-only entry")
+    print('  threads = [1, 2, "all"] or "sweep" (where a workload has its own, "only" says which)')
     for workload in WORKLOADS.values():
         print(f"  {workload.name:<12} {workload.description}")
         own = [
