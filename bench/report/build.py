@@ -17,6 +17,7 @@ from bench.report.memory import memory_frames
 from bench.report.peaks import load_peaks
 from bench.report.scoreboard import scoreboard
 from bench.report.sections import Context, best_rows, peak_share, row_throughput, sections
+from bench.report.system import NOT_COMPARED, system_frames
 from bench.report.verdict import verdicts
 from bench.results import check_writable
 
@@ -56,13 +57,15 @@ def build(
         valid = ", ".join(sorted(by_label))
         raise UserError(f"--baseline: no machine labelled {baseline_label!r}; valid: {valid}")
     prices = load_prices(prices_path) if prices_path else None
+    # Storage rows measure a directory the user chose, not the machine: not ranked.
+    compared = rows[~rows["workload"].isin(NOT_COMPARED)]
     ctx = Context(
         rows=rows,
         loaded=loaded,
         labels=labels,
         baseline=baseline,
-        scores=scoreboard(rows, baseline),
-        verdicts=verdicts(rows, labels, prices),
+        scores=scoreboard(compared, baseline),
+        verdicts=verdicts(compared, labels, prices),
         peaks=load_peaks(peaks_path),
         prices=prices,
         pooled=pool,
@@ -80,7 +83,7 @@ def build(
     _scoreboard_frame(ctx).to_csv(written["scoreboard.csv"], index=False)
     _best_frame(ctx).to_csv(written["best.csv"], index=False)
     _verdict_frame(ctx).to_csv(written["verdict.csv"], index=False)
-    for name, frame in memory_frames(ctx).items():
+    for name, frame in (memory_frames(ctx) | system_frames(ctx)).items():
         written[name] = out_dir / name
         frame.to_csv(written[name], index=False)
     return list(written.values()), loaded.warnings

@@ -3,9 +3,10 @@ renderers both draw: one place for the content, two for the looks.
 
 Adding a section is one small change: write a function `(Context) -> list[Section]` and list it
 in SECTIONS, or, for a workload that needs more than the generic throughput section (memory
-capacity, bandwidth, storage, collectives), add a `(Context, rows) -> list[Block]` function to
+capacity, collectives), add a `(Context, rows) -> list[Block]` function to
 `bench.report.extras.WORKLOAD_EXTRAS` under the workload's name. A workload's section appears
-whenever its rows exist.
+whenever its rows exist. The workloads that measure the machine around the GPU (memory
+bandwidth, transfers, STREAM, storage) are drawn together by bench.report.system instead.
 """
 
 from __future__ import annotations
@@ -159,9 +160,15 @@ def device_label(row: Any) -> str:
 
 def peak_share(row: Any, peak_of: Callable[[str], GpuPeak | None]) -> float | None:
     """The measured share of the GPU's datasheet peak for the row's dtype (or of its memory
-    bandwidth, for a workload that counts no operations); None for CPUs and unknown peaks."""
+    bandwidth, for a workload that counts no operations); a host <-> device transfer's share of
+    its PCIe link's theoretical figure (bidir, S each way at once: of twice that); None for
+    CPUs, storage and unknown peaks."""
+    if row["workload"] == "transfer":
+        link = row.get("pcie_link_gbps")
+        link = link * (2 if row["variant"] == "bidir" else 1) if _present(link) else None
+        return float(row["gbps"] / link) if link else None
     peak = peak_of(str(row["device_name"])) if row["device_kind"] == "gpu" else None
-    if peak is None:
+    if peak is None or row["workload"] == "storage":
         return None
     if _present(row["flops"]) and row["flops"] > 0:
         peak_value, measured = peak.tflops.get(str(row["dtype"])), row["tflops"]
@@ -182,6 +189,7 @@ BEST_COLUMNS = [
     *("machine_id", "device_kind", "device_name", "gpu_name", "workload", "variant", "backend"),
     *("dtype", "mode", "impl", "params", "flops", "tflops", "gbps", "tflops_alt"),
     *("flops_alt_convention", "gpu_power_w_median", "gpu_energy_j", "timed_calls"),
+    "pcie_link_gbps",
 ]
 
 
@@ -349,10 +357,14 @@ def scoreboard(ctx: Context) -> list[Section]:
 
 
 def workloads(ctx: Context) -> list[Section]:
-    from bench.report.extras import REPLACES_SIZE_CHARTS, WORKLOAD_EXTRAS  # they use this module
+    # They import this module.
+    from bench.report.extras import REPLACES_SIZE_CHARTS, WORKLOAD_EXTRAS
+    from bench.report.system import SYSTEM_WORKLOADS
 
     sections = []
     for workload, rows in ctx.cases.groupby("workload", sort=True):
+        if workload in SYSTEM_WORKLOADS:
+            continue  # the System section draws them
         blocks: list[Block] = []
         ok = ok_rows(rows)
         if ok.empty:
@@ -373,8 +385,9 @@ def workloads(ctx: Context) -> list[Section]:
 _ROOFLINE_TEXT = (
     "Roofline: achieved throughput against arithmetic intensity (operations per byte moved), "
     "under each device's ceilings: compute = the best throughput measured for that dtype on it; "
-    "memory bandwidth = the best measured by a bandwidth workload, else the GPU's datasheet "
-    "figure, else none."
+    "memory bandwidth = the device memory plateau measured by membw (copy or read at buffers "
+    "well beyond the cache) on GPUs, STREAM triad at the most threads on CPUs (see System), "
+    "else the GPU's datasheet figure, else none."
 )
 
 
@@ -394,8 +407,13 @@ def _size_axis(params: list[dict[str, Any]], work: pd.Series) -> tuple[str, list
 
 
 def _size_charts(ctx: Context, rows: pd.DataFrame) -> list[Chart]:
+    """A chart per backend, dtype, mode and thread count asked for (a `threads` param; rows
+    without one: the backend's default), so one line never mixes thread counts."""
+    threads = [parse_params(p).get("threads", "") for p in rows["params"]]
+    rows = rows.assign(_threads=[f"{t} threads" if t != "" else "" for t in threads])
     charts = []
-    for (backend, dtype, mode), panel in rows.groupby(["backend", "dtype", "mode"], sort=True):
+    panels = ["backend", "dtype", "mode", "_threads"]
+    for (backend, dtype, mode, threads_text), panel in rows.groupby(panels, sort=True):
         params = [parse_params(p) for p in panel["params"]]
         work = panel["flops"].where(panel["flops"] > 0, panel["bytes"])
         x_label, xs = _size_axis(params, work)
@@ -404,7 +422,7 @@ def _size_charts(ctx: Context, rows: pd.DataFrame) -> list[Chart]:
         values, unit = throughput(panel)
         panel = panel.assign(_x=xs, _y=values.to_numpy())
         series = _machine_series(ctx, panel, lambda x, y, unit=unit: f"{y:.4g} {unit}")
-        title = " ".join(str(part) for part in (backend, dtype, mode) if part)
+        title = " ".join(str(part) for part in (backend, dtype, mode, threads_text) if part)
         charts.append(Chart(xy_chart(series, title, x_label, unit)))
     return charts
 
@@ -452,7 +470,7 @@ class Ceiling:
     dtype: str
     compute_tflops: float  # the best measured for the dtype on the device
     bandwidth_gbps: float | None
-    bandwidth_source: str  # "measured", "datasheet" or ""
+    bandwidth_source: str  # "measured: <what>", "datasheet" or ""
 
     def tflops_at(self, intensity: np.ndarray) -> np.ndarray:
         if not self.bandwidth_gbps:
@@ -462,18 +480,21 @@ class Ceiling:
 
 def ceilings(ctx: Context) -> dict[tuple[str, str, str], Ceiling]:
     """(machine_id, device kind, dtype) -> the device's roofline for the dtype: compute = the
-    best throughput measured for the dtype on the device (any workload); bandwidth = the best a
-    streaming workload (one that counts no operations) measured on it, else the GPU's datasheet
-    figure."""
+    best throughput measured for the dtype on the device (any workload); bandwidth = the
+    device memory bandwidth measured for it (bench.report.system.bandwidth_ceilings: the membw
+    memory plateau on GPUs, STREAM triad on CPUs; never a transfer, storage or cache-resident
+    figure), else the GPU's datasheet figure."""
+    from bench.report.system import bandwidth_ceilings  # it imports this module
+
     device = ["machine_id", "device_kind"]
     counted = ctx.ok[ctx.ok["flops"] > 0]
     compute = counted.groupby([*device, "dtype"])["tflops"].max()
-    streaming = ctx.ok[ctx.ok["flops"].fillna(0) <= 0].groupby(device)["gbps"].max()
+    measured = bandwidth_ceilings(ctx)
     names = counted.groupby(device)["device_name"].first()
     found = {}
     for (machine_id, kind, dtype), compute_tflops in compute.items():
         name = "CPU" if kind == "cpu" else str(names[(machine_id, kind)])
-        bandwidth, source = streaming.get((machine_id, kind)), "measured"
+        bandwidth, source = measured.get((str(machine_id), str(kind)), (None, ""))
         if not _present(bandwidth):
             bandwidth, source = None, ""
             peak = ctx.peak_of(name) if kind == "gpu" else None
@@ -646,6 +667,12 @@ def unread_files(ctx: Context) -> list[Section]:
     return [Section("Files not read", [Text(w) for w in ctx.loaded.warnings], anchor="unread")]
 
 
+def system(ctx: Context) -> list[Section]:
+    from bench.report.system import system as system_sections  # it imports this module
+
+    return system_sections(ctx)
+
+
 def memory(ctx: Context) -> list[Section]:
     from bench.report.memory import memory as memory_sections  # it imports this module
 
@@ -658,6 +685,7 @@ SECTIONS: list[Callable[[Context], list[Section]]] = [
     verdict,
     scoreboard,
     workloads,
+    system,
     memory,
     cost,
     energy,

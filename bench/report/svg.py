@@ -38,6 +38,8 @@ class Series:
     dashed: bool = False
     markers: bool = True
     tips: list[str] = field(default_factory=list)  # hover text per point (SVG <title>)
+    # A reference line (a datasheet or theoretical figure): thin and dotted, never markers.
+    reference: bool = False
 
 
 @dataclass
@@ -158,11 +160,10 @@ def xy_chart(
         parts.append(_series(s, x_axis, y_axis))
     for row, s in enumerate(drawn):
         y = height_px + 14 * row + 4
-        dash = ' stroke-dasharray="5,3"' if s.dashed else ""
-        if s.lines:
+        if s.lines or s.reference:
             parts.append(
                 f'<line x1="{MARGIN_LEFT_PX}" y1="{y - 4}" x2="{MARGIN_LEFT_PX + 18}" '
-                f'y2="{y - 4}" stroke="{s.color}" stroke-width="2"{dash}/>'
+                f'y2="{y - 4}" stroke="{s.color}"{_stroke(s)}/>'
             )
         else:
             parts.append(f'<circle cx="{MARGIN_LEFT_PX + 9}" cy="{y - 4}" r="3" fill="{s.color}"/>')
@@ -203,17 +204,22 @@ def _frame(
     return parts
 
 
+def _stroke(s: Series) -> str:
+    """A line's width and dash pattern: references thin and dotted, dashed series dashed."""
+    if s.reference:
+        return ' stroke-width="1.5" stroke-dasharray="2,3"'
+    return ' stroke-width="2"' + (' stroke-dasharray="5,3"' if s.dashed else "")
+
+
 def _series(s: Series, x_axis: _Axis, y_axis: _Axis) -> str:
     order = sorted(range(len(s.points)), key=lambda i: s.points[i][0])
     pixels = [(x_axis(s.points[i][0]), y_axis(s.points[i][1])) for i in order]
-    parts = [f'<g class="series" data-series="{escape(s.name)}">']
-    if s.lines and len(pixels) > 1:
-        dash = ' stroke-dasharray="5,3"' if s.dashed else ""
+    kind = "series reference" if s.reference else "series"
+    parts = [f'<g class="{kind}" data-series="{escape(s.name)}">']
+    if (s.lines or s.reference) and len(pixels) > 1:
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in pixels)
-        parts.append(
-            f'<polyline points="{path}" fill="none" stroke="{s.color}" stroke-width="2"{dash}/>'
-        )
-    if s.markers:
+        parts.append(f'<polyline points="{path}" fill="none" stroke="{s.color}"{_stroke(s)}/>')
+    if s.markers and not s.reference:
         for i, (x, y) in zip(order, pixels, strict=True):
             tip = f"<title>{escape(s.tips[i])}</title>" if i < len(s.tips) else ""
             parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{s.color}">{tip}</circle>')
