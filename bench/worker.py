@@ -21,6 +21,7 @@ from typing import Any
 from bench.backends import base, load
 from bench.backends.base import Unsupported
 from bench.case import Case, Outcome
+from bench.errors import CaseError
 from bench.measure import TooSlow, measure
 from bench.workloads import WORKLOADS
 
@@ -217,6 +218,8 @@ def _outside_allocator_bytes(
 
 
 def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, CaseError):
+        return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     at = f" (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""

@@ -334,3 +334,17 @@ def test_a_storage_case_killed_at_its_time_limit_leaves_nothing_behind(
     assert list(storage.iterdir()) == []
     frame, _ = read_results(next((tmp_path / "out").rglob("*.parquet")))
     assert list(frame["status"]) == ["timeout"]
+
+
+def test_a_case_error_is_recorded_as_its_message_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.errors import CaseError
+
+    def setup(*args: Any, **kwargs: Any) -> Any:
+        raise CaseError("disk full (ENOSPC) writing the test file in /data")
+
+    register_fake_workload(monkeypatch, setup)
+    outcome = worker.run_case(load("host"), make_case("host", "float32", workload="fake"))
+    assert (outcome.status, outcome.reason) == (
+        "error",
+        "disk full (ENOSPC) writing the test file in /data",
+    )

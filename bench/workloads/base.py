@@ -81,7 +81,7 @@ class Workload:
     flops_alt_convention: str = ""
     # What one call processes, for throughput: (count, unit), e.g. (8192, "tokens"); None where
     # FLOP/s is the figure.
-    items: Callable[[dict[str, Any]], tuple[int, str]] | None = None
+    items: Callable[[dict[str, Any]], tuple[int, str] | tuple[None, None]] | None = None
     # The analytic (rule-of-thumb) memory estimate by part, in bytes, for a dtype; None where
     # the workload has none.
     memory_estimate: Callable[[dict[str, Any], str], dict[str, int]] | None = None

@@ -52,7 +52,7 @@ import numpy as np
 
 from bench.backends.base import Unsupported
 from bench.blockdev import Storage, storage_of
-from bench.errors import UserError
+from bench.errors import CaseError, UserError
 from bench.units import parse_bytes, size_points
 from bench.workloads.base import (
     Prepared,
@@ -246,7 +246,7 @@ class _Pattern:
 # --- I/O: O_DIRECT where the filesystem takes it, else buffered + fadvise --------------------
 
 
-class DiskFull(Exception):
+class DiskFull(CaseError):
     """Not enough free space for a test's files, or the disk filled up while writing them."""
 
 
