@@ -17,7 +17,7 @@ from bench.report.memory import memory_frames
 from bench.report.peaks import load_peaks
 from bench.report.scoreboard import scoreboard
 from bench.report.sections import Context, best_rows, peak_share, row_throughput, sections
-from bench.report.system import NOT_COMPARED, system_frames
+from bench.report.system import compared, system_frames
 from bench.report.verdict import verdicts
 from bench.results import check_writable
 
@@ -57,15 +57,14 @@ def build(
         valid = ", ".join(sorted(by_label))
         raise UserError(f"--baseline: no machine labelled {baseline_label!r}; valid: {valid}")
     prices = load_prices(prices_path) if prices_path else None
-    # Storage rows measure a directory the user chose, not the machine: not ranked.
-    compared = rows[~rows["workload"].isin(NOT_COMPARED)]
+    ranked = compared(rows)  # not storage rows, STREAM or thread sweeps
     ctx = Context(
         rows=rows,
         loaded=loaded,
         labels=labels,
         baseline=baseline,
-        scores=scoreboard(compared, baseline),
-        verdicts=verdicts(compared, labels, prices),
+        scores=scoreboard(ranked, baseline),
+        verdicts=verdicts(ranked, labels, prices),
         peaks=load_peaks(peaks_path),
         prices=prices,
         pooled=pool,

@@ -31,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.cpupeak import peak_at_threads
 from bench.report.load import ok_rows
 from bench.report.sections import (
     MAX_SERIES_PER_CHART,
@@ -50,9 +51,11 @@ MEMBW, TRANSFER, STREAM, STORAGE, MATMUL = "membw", "transfer", "stream", "stora
 # one size axis, one series per machine, would mix pinned and pageable memory, queue depths or
 # thread counts in one line.
 SYSTEM_WORKLOADS = frozenset({MEMBW, TRANSFER, STREAM, STORAGE})
-# Left out of the scoreboard and verdict: a storage row measures the directory the user chose
-# (a tmpfs, a network share or a local NVMe drive), not the machine the others compare.
-NOT_COMPARED = frozenset({STORAGE})
+# Left out of the scoreboard and verdict (see `compared`): a storage row measures the directory
+# the user chose (a tmpfs, a network share or a local NVMe drive), not the machine; STREAM runs
+# at thread counts up to each machine's cores, and the cases two machines share are the low
+# counts only (a 96-core box would lose to a 32-core one on them).
+NOT_COMPARED = frozenset({STORAGE, STREAM})
 # A membw variant's buffers of S bytes: its footprint in the caches.
 BUFFERS = {"copy": 2, "read": 1, "write": 1}
 CEILING_VARIANTS = ("copy", "read")  # what a kernel streaming from memory does (not a fill)
@@ -65,10 +68,20 @@ UNKNOWN_CACHE_MIN_BYTES = 2**30
 DIRECTIONS = ("h2d", "d2h", "bidir")
 MEMORY_KINDS = ("pinned", "pageable")
 KERNELS = ("copy", "scale", "add", "triad")
+RAND_BLOCK_BYTES = 4096  # the random-read size storage figures are usually quoted at
 WIDE_CHART_PX = 500  # transfer legends name machine, GPU and memory kind
 
 
 # ---------------------------------------------------------------- small helpers
+
+
+def compared(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows the scoreboard and verdict may compare across machines: not NOT_COMPARED
+    workloads, and no point with a `threads` param (a thread sweep: machines share only the
+    counts the smaller one has, so matched cases would rank a many-core CPU by its few-thread
+    figures; the System section shows the sweeps side by side instead)."""
+    threaded = rows["params"].map(lambda p: "threads" in parse_params(p)).astype(bool)
+    return rows[~rows["workload"].isin(NOT_COMPARED) & ~threaded]
 
 
 def _present(value: Any) -> bool:
@@ -102,6 +115,27 @@ def _with_params(rows: pd.DataFrame, keys: tuple[str, ...]) -> pd.DataFrame:
     """`rows` plus a column p_<key> per params key (None where a row lacks it)."""
     params = [parse_params(p) for p in rows["params"]]
     return rows.assign(**{f"p_{key}": [p.get(key) for p in params] for key in keys})
+
+
+# What this section reads of a row (a narrow frame: per-group work on all the columns of a
+# results file would cost more than the rest of the section).
+READ_COLUMNS = (
+    *("machine_id", "label", "device_kind", "device", "device_name", "gpu_name", "workload"),
+    *("variant", "backend", "dtype", "params", "status", "reason", "time_median_s", "flops"),
+    *("bytes", "tflops", "gbps", "gbps_best", "bytes_convention", "threads", "items_per_s"),
+    *("pcie_gen", "pcie_width", "pcie_gen_max", "pcie_width_max", "pcie_link_gbps"),
+    *("storage_path", "storage_device", "storage_kind", "storage_model", "filesystem"),
+    "direct_io",
+)
+
+
+def _rows(ctx: Context, workload: str, kind: str | None = None) -> pd.DataFrame:
+    """The cases of `workload` (on devices of `kind` where given), in READ_COLUMNS."""
+    cases = ctx.cases
+    mine = cases["workload"] == workload
+    if kind is not None:
+        mine &= cases["device_kind"] == kind
+    return cases.loc[mine, [c for c in READ_COLUMNS if c in cases.columns]]
 
 
 def _column(rows: pd.DataFrame, name: str) -> pd.Series:
@@ -144,7 +178,7 @@ def _missing_lines(
 ) -> list[Block]:
     """One line per machine without figures here, saying why: no GPU, no rows, or the reason
     its rows did not run. All machines without any: one line."""
-    every = ctx.cases[ctx.cases["workload"] == workload] if rows is None else rows
+    every = _rows(ctx, workload) if rows is None else rows
     what = what or f"{workload} rows"
     lines, absent = [], 0
     for machine_id in _machine_order(ctx):
@@ -213,7 +247,7 @@ def membw_frame(ctx: Context) -> pd.DataFrame:
     UNKNOWN_CACHE_MIN_BYTES where unknown) with its share of the GPU's datasheet bandwidth, and
     the cache plateau (best where the footprint fits the cache; below the floor where
     unknown). Footprint = BUFFERS[variant] × the buffer size S."""
-    ok = ok_rows(ctx.cases[ctx.cases["workload"] == MEMBW])
+    ok = ok_rows(_rows(ctx, MEMBW))
     ok = _with_params(ok, ("bytes",))
     ok = ok[ok["p_bytes"].notna() & (ok["gbps"] > 0)]
     if ok.empty:
@@ -265,7 +299,7 @@ def membw_frame(ctx: Context) -> pd.DataFrame:
 
 
 def _membw_section(ctx: Context) -> list[Block]:
-    ok = ok_rows(ctx.cases[ctx.cases["workload"] == MEMBW])
+    ok = ok_rows(_rows(ctx, MEMBW))
     ok = _with_params(ok, ("bytes",))
     ok = ok[ok["p_bytes"].notna() & (ok["gbps"] > 0)]
     blocks: list[Block] = []
@@ -391,7 +425,7 @@ def transfer_frame(ctx: Context) -> pd.DataFrame:
     over the sizes and the size it came at, against the link's theoretical figure (per
     direction; × 2 for bidir, which moves S each way at once), and the link seen (the highest
     generation and width NVML showed while the cases ran) against the GPU's maximum."""
-    ok = ok_rows(ctx.cases[ctx.cases["workload"] == TRANSFER])
+    ok = ok_rows(_rows(ctx, TRANSFER))
     ok = _with_params(ok, ("bytes", "memory"))
     ok = ok[ok["gbps"] > 0]
     if ok.empty:
@@ -447,7 +481,7 @@ def _int_or_none(value: Any) -> int | None:
 
 
 def _transfer_section(ctx: Context) -> list[Block]:
-    ok = ok_rows(ctx.cases[ctx.cases["workload"] == TRANSFER])
+    ok = ok_rows(_rows(ctx, TRANSFER))
     ok = _with_params(ok, ("bytes", "memory"))
     ok = ok[ok["p_bytes"].notna() & (ok["gbps"] > 0)]
     blocks: list[Block] = []
@@ -534,7 +568,7 @@ def _transfer_table(frame: pd.DataFrame) -> list[Block]:
 def stream_frame(ctx: Context) -> pd.DataFrame:
     """One row per machine, backend, dtype, kernel and thread count: STREAM's figure (the best
     of the timed runs, gbps_best) and the median (gbps), the best over array sizes."""
-    ok = ok_rows(ctx.cases[ctx.cases["workload"] == STREAM])
+    ok = ok_rows(_rows(ctx, STREAM))
     ok = ok[(ok["gbps"] > 0) & (ok["device_kind"] == "cpu")]
     ok = _with_params(ok, ("elements",)).assign(
         _threads=_threads(ok), _best=pd.to_numeric(_column(ok, "gbps_best"), errors="coerce")
@@ -542,26 +576,25 @@ def stream_frame(ctx: Context) -> pd.DataFrame:
     ok = ok[ok["_threads"] > 0]  # a CPU row records the threads it ran with
     if ok.empty:
         return pd.DataFrame()
-    records = []
     keys = ["machine_id", "backend", "dtype", "variant", "_threads"]
-    for (machine_id, backend, dtype, kernel, threads), rows in ok.groupby(keys, sort=True):
-        top = rows.loc[rows["gbps"].idxmax()]
-        best = rows["_best"].max()
-        records.append(
-            {
-                "label": ctx.labels[str(machine_id)],
-                "machine_id": machine_id,
-                "backend": backend,
-                "dtype": dtype,
-                "kernel": kernel,
-                "threads": int(threads),
-                "stream_gbps": float(best) if _present(best) else None,
-                "median_gbps": float(top["gbps"]),
-                "elements": _int_or_none(top["p_elements"]),
-                "bytes_convention": top.get("bytes_convention"),
-            }
-        )
-    frame = pd.DataFrame(records)
+    # Per point: the row with the best median (its array size), and the best STREAM figure.
+    top = ok.sort_values("gbps", ascending=False, kind="stable").drop_duplicates(keys)
+    best = ok.groupby(keys)["_best"].max().rename("_stream")
+    top = top.join(best, on=keys)
+    frame = pd.DataFrame(
+        {
+            "label": top["machine_id"].map(lambda m: ctx.labels[str(m)]),
+            "machine_id": top["machine_id"],
+            "backend": top["backend"],
+            "dtype": top["dtype"],
+            "kernel": top["variant"],
+            "threads": top["_threads"].astype(int),
+            "stream_gbps": top["_stream"].astype(float),
+            "median_gbps": top["gbps"].astype(float),
+            "elements": pd.array(top["p_elements"], dtype="Int64"),
+            "bytes_convention": _column(top, "bytes_convention"),
+        }
+    )
     order = {k: i for i, k in enumerate(KERNELS)}
     frame = frame.assign(_order=frame["kernel"].map(order).fillna(len(order)))
     frame = frame.sort_values(["label", "backend", "dtype", "_order", "threads"], kind="stable")
@@ -593,7 +626,7 @@ def _stream_section(ctx: Context) -> list[Block]:
             title = f"{kernel}: {backend} {dtype}"
             series = series[:MAX_SERIES_PER_CHART]
             charts.append(Chart(xy_chart(series, title, "threads", "GB/s")))
-        rows = ok_rows(ctx.cases[ctx.cases["workload"] == STREAM])
+        rows = ok_rows(_rows(ctx, STREAM))
         blocks += [
             Text(
                 "Host memory bandwidth against threads (STREAM's kernels; GB/s, 1 GB = 1e9 "
@@ -605,7 +638,7 @@ def _stream_section(ctx: Context) -> list[Block]:
         ]
         blocks += _stream_table(frame)
     have = set(frame["machine_id"].astype(str)) if not frame.empty else set()
-    stream = ctx.cases[(ctx.cases["workload"] == STREAM) & (ctx.cases["device_kind"] == "cpu")]
+    stream = _rows(ctx, STREAM, kind="cpu")
     return blocks + _missing_lines(ctx, STREAM, have, what="stream rows (CPU)", rows=stream)
 
 
@@ -654,20 +687,20 @@ def _cpu_peak(ctx: Context, machine_id: str) -> dict[str, Any] | str:
     return "unknown: its machine description has no cpu.peak (written by a newer bench)"
 
 
-def peak_gflops_at(peak: dict[str, Any], dtype: str, threads: float) -> float | None:
-    """The theoretical peak of `threads` threads: the whole CPU's peak for the dtype scaled by
-    min(threads, cores) / cores (threads beyond the cores share their FMA units)."""
+def peak_gflops_at(peak: dict[str, Any], dtype: str, threads: int) -> float | None:
+    """The theoretical peak of `threads` threads (bench.cpupeak.peak_at_threads: the whole
+    CPU's peak for the dtype × min(threads, cores) / cores); None where the ISA has no rate."""
     total, cores = peak.get(f"{dtype}_gflops"), peak.get("cores")
-    if not (isinstance(total, int | float) and isinstance(cores, int | float) and cores > 0):
+    if not (isinstance(total, int | float) and isinstance(cores, int) and cores > 0):
         return None
-    return float(total) * min(threads, cores) / cores
+    return peak_at_threads(float(total), threads, cores)
 
 
 def scaling_frame(ctx: Context) -> pd.DataFrame:
     """One row per machine, backend, dtype and thread count of the CPU matmul rows with a
     `threads` param: the best GFLOP/s over shapes, the theoretical peak at that thread count
     and the share of it."""
-    rows = ctx.cases[(ctx.cases["workload"] == MATMUL) & (ctx.cases["device_kind"] == "cpu")]
+    rows = _rows(ctx, MATMUL, kind="cpu")
     ok = ok_rows(rows)
     ok = ok.assign(_threads=[parse_params(p).get("threads") for p in ok["params"]])
     ok = ok[ok["_threads"].notna() & (ok["tflops"] > 0)]
@@ -678,7 +711,7 @@ def scaling_frame(ctx: Context) -> pd.DataFrame:
     for (machine_id, backend, dtype, threads), mine in ok.groupby(keys, sort=True):
         top = mine.loc[mine["tflops"].idxmax()]
         peak = _cpu_peak(ctx, str(machine_id))
-        at = peak_gflops_at(peak, str(dtype), float(threads)) if isinstance(peak, dict) else None
+        at = peak_gflops_at(peak, str(dtype), int(threads)) if isinstance(peak, dict) else None
         gflops = float(top["tflops"]) * 1e3
         records.append(
             {
@@ -749,7 +782,7 @@ def _scaling_section(ctx: Context) -> list[Block]:
         for r in bases.to_dict("records"):
             blocks.append(Text(f"{r['label']}: CPU peak {r['peak_basis'] or 'basis not given'}."))
     have = set(frame["machine_id"].astype(str)) if not frame.empty else set()
-    rows = ctx.cases[(ctx.cases["workload"] == MATMUL) & (ctx.cases["device_kind"] == "cpu")]
+    rows = _rows(ctx, MATMUL, kind="cpu")
     threaded = rows["params"].map(lambda p: "threads" in parse_params(p)).astype(bool)
     what = 'CPU matmul rows with threads (a suite entry with threads = "sweep")'
     return blocks + _missing_lines(ctx, MATMUL, have, what=what, rows=rows[threaded])
@@ -775,8 +808,9 @@ def _yes_no(values: pd.Series, variants: pd.Series) -> str:
 def storage_frame(ctx: Context) -> pd.DataFrame:
     """One row per machine and directory measured: the device, kind, model and filesystem,
     whether O_DIRECT was used, the best sequential read and write MB/s (1 MB = 1e6 bytes),
-    random-read IOPS per queue depth (columns iops_qd<n>), and small files per second and MB/s."""
-    ok = ok_rows(ctx.cases[ctx.cases["workload"] == STORAGE])
+    random-read IOPS per queue depth (columns iops_qd<n>; iops_<bytes>b_qd<n> for reads other
+    than 4 KiB), and small files per second and MB/s."""
+    ok = ok_rows(_rows(ctx, STORAGE))
     if ok.empty:
         return pd.DataFrame()
     ok = _with_params(ok, ("queue_depth", "block_bytes", "file_bytes", "files"))
@@ -803,11 +837,9 @@ def storage_frame(ctx: Context) -> pd.DataFrame:
             mine = rows[rows["variant"] == variant]
             record[column] = float(mine["gbps"].max()) * 1e3 if not mine.empty else None
         random = rows[(rows["variant"] == "rand-read") & rows["p_queue_depth"].notna()]
-        for depth, mine in random.groupby("p_queue_depth", sort=True):
-            iops = mine["_items"].where(
-                mine["_items"].notna(), mine["gbps"] * 1e9 / mine["p_block_bytes"].astype(float)
-            )
-            record[f"iops_qd{int(depth)}"] = float(iops.max())
+        for (block, depth), mine in random.groupby(["p_block_bytes", "p_queue_depth"]):
+            iops = mine["_items"].where(mine["_items"].notna(), mine["gbps"] * 1e9 / block)
+            record[_iops_column(int(block), int(depth))] = float(iops.max())
         small = rows[rows["variant"] == "small-files"]
         if not small.empty:
             top = small.loc[small["_items"].fillna(0).idxmax()]
@@ -816,10 +848,26 @@ def storage_frame(ctx: Context) -> pd.DataFrame:
             record["small_file_bytes"] = _int_or_none(top["p_file_bytes"])
         records.append(record)
     frame = pd.DataFrame(records)
-    depths = sorted((c for c in frame.columns if c.startswith("iops_qd")), key=lambda c: int(c[7:]))
-    fixed = [c for c in frame.columns if not c.startswith("iops_qd")]
+    depths = sorted((c for c in frame.columns if c.startswith("iops_")), key=_iops_key)
+    fixed = [c for c in frame.columns if not c.startswith("iops_")]
     at = fixed.index("seq_write_mbps") + 1
     return frame[[*fixed[:at], *depths, *fixed[at:]]]
+
+
+def _iops_column(block: int, depth: int) -> str:
+    """iops_qd<depth> for 4 KiB reads (the usual figure), else iops_<block>b_qd<depth>."""
+    return f"iops_qd{depth}" if block == RAND_BLOCK_BYTES else f"iops_{block}b_qd{depth}"
+
+
+def _iops_key(column: str) -> tuple[int, int]:
+    """(block bytes, queue depth) of an _iops_column name."""
+    size, _, depth = column.removeprefix("iops_").rpartition("qd")
+    return int(size.rstrip("b_") or RAND_BLOCK_BYTES), int(depth)
+
+
+def _iops_header(column: str) -> str:
+    block, depth = _iops_key(column)
+    return f"IOPS QD{depth}" if block == RAND_BLOCK_BYTES else f"IOPS {size_text(block)} QD{depth}"
 
 
 def _storage_section(ctx: Context) -> list[Block]:
@@ -841,7 +889,7 @@ def _storage_section(ctx: Context) -> list[Block]:
             if mine.empty:
                 continue
             mine = mine.dropna(axis=1, how="all")
-            depths = [c for c in mine.columns if c.startswith("iops_qd")]
+            depths = [c for c in mine.columns if c.startswith("iops_")]
             body = [
                 [
                     r["path"],
@@ -860,7 +908,7 @@ def _storage_section(ctx: Context) -> list[Block]:
             ]
             header = ["path", "device", "kind", "model", "filesystem", "O_DIRECT"]
             header += ["seq read MB/s", "seq write MB/s"]
-            header += [f"IOPS QD{d[7:]}" for d in depths]
+            header += [_iops_header(d) for d in depths]
             header += ["small files/s", "small files MB/s"]
             blocks += [Text(f"{ctx.labels[machine_id]}:"), Table(header, body)]
     have = set(frame["machine_id"].astype(str)) if not frame.empty else set()
