@@ -536,11 +536,9 @@ def test_random_reads_other_than_4k_get_their_own_columns() -> None:
 
 
 def test_each_part_says_in_one_line_why_a_machine_has_nothing(markdown: str) -> None:
-    membw_lines = lines_of(markdown, "System: Device memory bandwidth")
-    assert "epyc-box: no GPU on this machine." in membw_lines
-    assert "epyc-box: no GPU on this machine." in lines_of(
-        markdown, "System: Host ↔ device transfers"
-    )
+    no_gpu = "epyc-box: no GPU on this machine (NVML could not start)."
+    assert no_gpu in lines_of(markdown, "System: Device memory bandwidth")
+    assert no_gpu in lines_of(markdown, "System: Host ↔ device transfers")
     stream_lines = lines_of(markdown, "System: Host memory bandwidth (STREAM)")
     assert "lab-a100: no stream rows (CPU)." in stream_lines
     storage_lines = lines_of(markdown, "System: Storage")
@@ -550,12 +548,18 @@ def test_each_part_says_in_one_line_why_a_machine_has_nothing(markdown: str) -> 
 def test_a_part_whose_rows_did_not_run_says_why() -> None:
     skipped = transfer(H100, "h2d", "pinned", GIB, 55.0)
     skipped |= {"status": "skipped", "reason": "cupy: not installed", "gbps": None}
-    ctx = context([skipped, gemm(EPYC, "float64", 4, 100.0)])
+    # A machine without a GPU whose planned GPU cases were skipped: it has no GPU, said once.
+    vm = {"machine_id": "vm0000000000", "label": "vm", "gpu_name": None}
+    planned = transfer(vm, "h2d", "pinned", GIB, 55.0) | {"device": "cuda:0"}
+    planned |= {"status": "skipped", "reason": "no GPU: NVML could not start", "gbps": None}
+    descriptions = DESCRIPTIONS | {"vm0000000000": {"gpus": {"devices": [], "reason": ""}}}
+    ctx = context([skipped, planned, gemm(EPYC, "float64", 4, 100.0)], descriptions)
     text = render_markdown(system(ctx), "t")
     said = lines_of(text, "System: Host ↔ device transfers")
     assert said == [
         "cloud-h100: none of its transfer rows measured (1 skipped): cupy: not installed.",
-        "epyc-box: no GPU on this machine.",
+        "epyc-box: no GPU on this machine (NVML could not start).",
+        "vm: no GPU on this machine.",
     ]
     assert lines_of(text, "System: Storage") == ["No storage rows in these results."]
     assert "<svg" not in render_html(system(ctx)[1:2], "t", "now")  # no empty chart

@@ -154,11 +154,17 @@ def _machine_order(ctx: Context) -> list[str]:
     return sorted(ctx.labels, key=ctx.labels.__getitem__)
 
 
-def _has_gpu(ctx: Context, machine_id: str) -> bool:
+def _no_gpu(ctx: Context, machine_id: str) -> str | None:
+    """Why a machine has no GPU ("" where its description does not say), or None where it has
+    one: GPUs in its description, or a GPU case that ran."""
     if _gpu_devices(ctx, machine_id):
-        return True
+        return None
     mine = ctx.cases[ctx.cases["machine_id"] == machine_id]
-    return bool((mine["device_kind"] == "gpu").any() and mine["gpu_name"].notna().any())
+    if (ok_rows(mine)["device_kind"] == "gpu").any():
+        return None
+    gpus = ctx.loaded.machines.get(machine_id, {}).get("gpus")
+    reason = gpus.get("reason") if isinstance(gpus, dict) else gpus
+    return str(reason) if reason else ""
 
 
 def _gpu_devices(ctx: Context, machine_id: str) -> list[dict[str, Any]]:
@@ -188,8 +194,9 @@ def _missing_lines(
         mine = every[every["machine_id"] == machine_id]
         if needs_gpu:
             mine = mine[mine["device_kind"] == "gpu"]
-        if needs_gpu and mine.empty and not _has_gpu(ctx, machine_id):
-            lines.append(f"{label}: no GPU on this machine.")
+        no_gpu = _no_gpu(ctx, machine_id) if needs_gpu else None
+        if no_gpu is not None:
+            lines.append(f"{label}: no GPU on this machine" + (f" ({no_gpu})." if no_gpu else "."))
         elif mine.empty:
             lines.append(f"{label}: no {what}.")
             absent += 1
@@ -216,10 +223,15 @@ def _device_names(rows: pd.DataFrame) -> pd.Series:
 
 
 def _conventions(rows: pd.DataFrame) -> str:
-    """The byte conventions of the rows' variants: "copy: read+write ...; read: ..."."""
+    """The byte conventions of the rows' variants: "copy: read+write ...; read: ...", or the
+    one convention they all share."""
     pairs = rows[["variant", "bytes_convention"]].dropna().drop_duplicates()
+    if pairs.empty:
+        return "not recorded (schema before 5)"
+    if pairs["bytes_convention"].nunique() == 1:
+        return str(pairs["bytes_convention"].iloc[0])
     texts = [f"{v}: {c}" for v, c in sorted(pairs.itertuples(index=False, name=None))]
-    return "; ".join(texts) if texts else "not recorded (schema before 5)"
+    return "; ".join(texts)
 
 
 # ---------------------------------------------------------------- device memory bandwidth
