@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import synthetic
+from browser import count_pixels, require_chromium, screenshot
 from conftest import make_case
 from synthetic import T0
 
@@ -25,6 +26,7 @@ from bench.report.load import Loaded
 from bench.report.markdown import render as render_markdown
 from bench.report.peaks import load_peaks
 from bench.report.sections import Context, ceilings, peak_share, sections
+from bench.report.svg import Series, xy_chart
 from bench.report.system import (
     UNKNOWN_CACHE_MIN_BYTES,
     bandwidth_ceilings,
@@ -709,3 +711,17 @@ def test_end_to_end_roofline_ceilings_and_sections(built: Path) -> None:
     system_part = html.split('id="system"', 1)[1].split('id="memory"', 1)[0]
     assert system_part.count("<svg") >= 12
     assert 'class="series reference" data-series="cloud-h100 · NVIDIA H100 80GB HBM3 link' in html
+
+
+def test_chromium_draws_a_reference_line_dotted_beside_a_solid_one(tmp_path: Path) -> None:
+    require_chromium()
+    magenta, green = (255, 0, 255), (0, 160, 0)
+    measured = Series("measured", "#00a000", [(1.0, 10.0), (1000.0, 10.0)], markers=False)
+    datasheet = Series("datasheet", "#ff00ff", [(1.0, 100.0), (1000.0, 100.0)], reference=True)
+    chart = xy_chart([measured, datasheet], "t", "x", "y", width_px=400, height_px=260)
+    page = tmp_path / "chart.html"
+    page.write_text(f"<!DOCTYPE html><html><body style='margin:0'>{chart}</body></html>")
+    shot = screenshot(page, 420, 320)
+    solid, dotted = count_pixels(shot, green, 60), count_pixels(shot, magenta, 60)
+    # The same length of line: the dotted one (1.5 px, 2 on 3 off) has well under half the ink.
+    assert solid > 300 and 40 < dotted < 0.5 * solid, (solid, dotted)
