@@ -81,19 +81,20 @@ def last_level_cache_bytes(sys_cpu: Path = _SYS_CPU) -> int | None:
     """Total last-level cache of the machine in bytes: the highest cache level that holds data,
     summed over its distinct instances (one per socket on most Intel parts, one per CCD on AMD).
     None where /sys does not describe the caches."""
-    from bench.discover import parse_cache_size, parse_cpu_list
+    from bench.discover import parse_cache_size
 
-    instances: dict[int, dict[frozenset[int], int]] = {}
+    # level -> {the cpus sharing an instance (or, unknown, its own path): its bytes}
+    instances: dict[int, dict[str, int]] = {}
     for index in sys_cpu.glob("cpu[0-9]*/cache/index[0-9]*"):
         try:
             level = int((index / "level").read_text())
             kind = (index / "type").read_text().strip().lower()
             size = parse_cache_size((index / "size").read_text())
-            shared = frozenset(parse_cpu_list((index / "shared_cpu_list").read_text()))
+            shared = (index / "shared_cpu_list").read_text().strip()
         except (OSError, ValueError):
             continue
         if kind != "instruction" and size:
-            instances.setdefault(level, {})[shared or frozenset({id(index)})] = size
+            instances.setdefault(level, {})[shared or str(index)] = size
     if not instances:
         return None
     return sum(instances[max(instances)].values())
