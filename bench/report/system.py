@@ -60,13 +60,12 @@ NOT_COMPARED = frozenset({STORAGE, STREAM})
 BUFFERS = {"copy": 2, "read": 1, "write": 1}
 CEILING_VARIANTS = ("copy", "read")  # what a kernel streaming from memory does (not a fill)
 # A footprint this many times the last-level cache leaves the cache's share of the traffic
-# negligible (llm.c and nvbandwidth size their buffers the same way).
+# negligible (STREAM's rule for its arrays).
 CACHE_MULTIPLE = 4
 # Where the cache size is unknown: 4 × the largest last-level cache of current parts (AMD
 # MI300X's 256 MiB Infinity Cache) is surely memory.
 UNKNOWN_CACHE_MIN_BYTES = 2**30
 DIRECTIONS = ("h2d", "d2h", "bidir")
-MEMORY_KINDS = ("pinned", "pageable")
 KERNELS = ("copy", "scale", "add", "triad")
 RAND_BLOCK_BYTES = 4096  # the random-read size storage figures are usually quoted at
 WIDE_CHART_PX = 500  # transfer legends name machine, GPU and memory kind
@@ -239,7 +238,8 @@ def _conventions(rows: pd.DataFrame) -> str:
 
 def cache_bytes(ctx: Context, machine_id: str, kind: str, device_name: str) -> int | None:
     """The device's last-level cache in bytes: a GPU's L2 from its machine description entry
-    (`l2_bytes`) or its peaks entry, a CPU's total L3 (cpu.l3_bytes); None where unknown."""
+    or its peaks entry (`l2_bytes` in either, where one records it), a CPU's total L3
+    (cpu.l3_bytes); None where unknown."""
     desc = ctx.loaded.machines.get(machine_id, {})
     if kind == "cpu":
         l3 = (desc.get("cpu") or {}).get("l3_bytes")
@@ -280,6 +280,7 @@ def membw_frame(ctx: Context) -> pd.DataFrame:
         datasheet = peak.memory_bandwidth_gbps if peak else None
         best = memory.loc[memory["gbps"].idxmax()] if not memory.empty else None
         best_cached = cached.loc[cached["gbps"].idxmax()] if not cached.empty else None
+        conventions = _column(rows, "bytes_convention").dropna()
         records.append(
             {
                 "label": ctx.labels[str(machine_id)],
@@ -289,9 +290,7 @@ def membw_frame(ctx: Context) -> pd.DataFrame:
                 "backend": backend,
                 "dtype": dtype,
                 "variant": variant,
-                "bytes_convention": _column(rows, "bytes_convention").dropna().iloc[0]
-                if _column(rows, "bytes_convention").notna().any()
-                else None,
+                "bytes_convention": next(iter(conventions), None),
                 "cache": "L3" if kind == "cpu" else "L2",
                 "cache_bytes": cache,
                 "memory_floor_bytes": floor,
