@@ -286,6 +286,9 @@ class _FakeGpuBackend:
     def set_precision(self, dtype: str, device: str) -> str:
         return "default"
 
+    def set_threads(self, device: str, threads: int | None) -> None:
+        pass
+
     def threads(self, device: str) -> None:
         return None
 
