@@ -128,7 +128,7 @@ def test_run_torch_and_jax_on_cpu(
     assert skipped["flops"].gt(0).all()
 
     # The summary: best throughput per backend and dtype, counts, where the file is.
-    assert re.search(r"^cpu +torch +float64 +\d+\.\d{3}$", stdout, flags=re.MULTILINE)
+    assert re.search(r"^cpu +torch +float64 +\d+\.\d{3} TFLOP/s$", stdout, flags=re.MULTILINE)
     status = r"^status: (8 ok, 8 skipped|8 skipped, 8 ok)(; \d+ ok case\(s\) noisy .*)?$"
     assert re.search(status, stdout, flags=re.MULTILINE)
     assert stdout.rstrip().endswith(f"results: {path}")
