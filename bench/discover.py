@@ -470,7 +470,8 @@ def _gpu_lines(gpus: dict[str, Any]) -> list[str]:
         lines.append(
             f"  cuda:{gpu['index']} (nvml {gpu['nvml_index']}) {gpu['name']} {gpu['uuid']}\n"
             f"      {_size(gpu['memory_bytes'])}, sm_{gpu['compute_capability']}, "
-            f"{gpu['sm_count']} SMs, {gpu['max_sm_clock_mhz']}/{gpu['max_mem_clock_mhz']} MHz "
+            f"{gpu['sm_count']} SMs, L2 {_size(gpu.get('l2_bytes'))}, "
+            f"{gpu['max_sm_clock_mhz']}/{gpu['max_mem_clock_mhz']} MHz "
             f"max SM/mem, {gpu['power_limit_w']} W limit\n"
             f"      PCIe gen {gpu['pcie_gen_current']}/{gpu['pcie_gen_max']} "
             f"x{gpu['pcie_width_current']}/{gpu['pcie_width_max']}, ECC {gpu['ecc_enabled']}, "

@@ -87,6 +87,7 @@ class GpuInfo:
     ecc_enabled: bool | None = None
     mig_enabled: bool | None = None
     nvlink_active_links: int | None = None  # None when the GPU has no NVLink
+    l2_bytes: int | None = None  # L2 cache, from the CUDA driver (NVML does not tell)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -239,7 +240,36 @@ def _gpu_info(pynvml: ModuleType, index: int, nvml_index: int, handle: Any, uuid
         ecc_enabled=ecc[0] == pynvml.NVML_FEATURE_ENABLED if ecc else None,
         mig_enabled=mig[0] == pynvml.NVML_DEVICE_MIG_ENABLE if mig else None,
         nvlink_active_links=_nvlink_active_links(handle, pynvml.NVML_NVLINK_MAX_LINKS),
+        l2_bytes=_l2_bytes(_call("nvmlDeviceGetPciInfo", handle)),
     )
+
+
+# cuDeviceGetAttribute's CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE (cuda.h).
+_CU_L2_CACHE_SIZE = 38
+
+
+def _l2_bytes(pci: Any) -> int | None:
+    """The GPU's L2 cache size from the CUDA driver (libcuda through ctypes: no framework), found
+    by its PCI bus id; None where the driver is missing or does not see the GPU."""
+    import ctypes
+
+    bus_id = getattr(pci, "busId", None)
+    if bus_id is None:
+        return None
+    if isinstance(bus_id, bytes):
+        bus_id = bus_id.decode(errors="replace")
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+        device, value = ctypes.c_int(), ctypes.c_int()
+        if cuda.cuInit(0) != 0:
+            return None
+        if cuda.cuDeviceGetByPCIBusId(ctypes.byref(device), bus_id.encode()) != 0:
+            return None
+        if cuda.cuDeviceGetAttribute(ctypes.byref(value), _CU_L2_CACHE_SIZE, device) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return value.value if value.value > 0 else None
 
 
 def list_gpus(all_devices: bool = False) -> tuple[list[GpuInfo], str | None]:

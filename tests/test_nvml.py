@@ -578,3 +578,13 @@ def test_importing_does_not_pull_in_frameworks() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_l2_size_needs_the_cuda_driver_and_a_bus_id() -> None:
+    from types import SimpleNamespace
+
+    from bench.nvml import _l2_bytes
+
+    assert _l2_bytes(None) is None
+    # This machine has no libcuda (or no GPU at that bus id): unknown, not an error.
+    assert _l2_bytes(SimpleNamespace(busId=b"00000000:FF:1F.7")) is None
