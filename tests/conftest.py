@@ -169,6 +169,18 @@ def _probed_backend(name: str) -> Any:
     return backend
 
 
+def gpu_backend(name: str) -> Any:
+    """Backend `name`, probed, for a GPU test; the test is skipped, saying why, where the
+    backend cannot use a GPU here."""
+    from bench.backends import load
+
+    backend = load(name)
+    info = backend.probe()
+    if not info.available or info.gpu_count == 0:
+        pytest.skip(f"{name} cannot use the GPU here: {info.reason or info.gpu_reason}")
+    return backend
+
+
 @pytest.fixture(scope="session")
 def torch_backend() -> Any:
     return _probed_backend("torch")

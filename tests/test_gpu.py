@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import make_case, needs_gpu
+from conftest import gpu_backend, make_case, needs_gpu
 
 from bench import nvml, worker
 from bench.backends import load
@@ -25,20 +24,12 @@ def gpu() -> nvml.GpuInfo:
     return nvml.list_gpus()[0][0]
 
 
-def _probed(name: str) -> Any:
-    backend = load(name)
-    info = backend.probe()
-    if not info.available or info.gpu_count == 0:
-        pytest.skip(f"{name} cannot use the GPU here: {info.reason or info.gpu_reason}")
-    return backend
-
-
 @pytest.mark.parametrize("name", ["torch", "jax", "cupy"])
 @pytest.mark.parametrize(
     "dtype", ["float64", "float32", "tf32", "float16", "bfloat16", "float8_e4m3", "int8"]
 )
 def test_every_dtype_runs_or_says_why(name: str, dtype: str, gpu: nvml.GpuInfo) -> None:
-    backend = _probed(name)
+    backend = gpu_backend(name)
     case = make_case(name, dtype, SQUARE, device=f"cuda:{gpu.index}", nvml_index=gpu.nvml_index)
     outcome = worker.run_case(backend, case)
     assert outcome.status not in NEVER, outcome.reason
@@ -55,7 +46,7 @@ def test_every_dtype_runs_or_says_why(name: str, dtype: str, gpu: nvml.GpuInfo) 
 
 
 def test_float32_is_not_computed_in_tf32(gpu: nvml.GpuInfo) -> None:
-    backend = _probed("torch")
+    backend = gpu_backend("torch")
     outcome = worker.run_case(backend, make_case("torch", "float32", SQUARE, device="cuda:0"))
     assert outcome.status == "ok" and outcome.precision == "ieee-fp32"
     assert outcome.rel_error is not None and outcome.rel_error <= TOLERANCE["float32"]

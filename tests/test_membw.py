@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import make_case, needs_gpu
+from conftest import gpu_backend, make_case, needs_gpu
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -217,10 +217,7 @@ def test_check_fails_a_broken_kernel(
 @pytest.mark.parametrize("kind", ["copy", "read", "write"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_gpu_runs_each_backend(backend: str, kind: str, dtype: str) -> None:
-    bk = load(backend)
-    info = bk.probe()
-    if not info.available or info.gpu_count == 0:
-        pytest.skip(f"{backend} cannot use the GPU here: {info.reason or info.gpu_reason}")
+    bk = gpu_backend(backend)
     gpu = nvml.list_gpus()[0][0]
     case = _case(
         backend, kind, 256 * MIB, dtype, device=f"cuda:{gpu.index}", nvml_index=gpu.nvml_index

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import make_case, needs_gpu
+from conftest import gpu_backend, make_case, needs_gpu
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -171,10 +171,7 @@ def test_the_check_fails_a_transfer_that_moves_the_wrong_bytes(
 @pytest.mark.parametrize("direction", ["h2d", "d2h", "bidir"])
 @pytest.mark.parametrize("memory", ["pinned", "pageable"])
 def test_gpu_transfers_on_each_backend(backend: str, direction: str, memory: str) -> None:
-    bk = load(backend)
-    info = bk.probe()
-    if not info.available or info.gpu_count == 0:
-        pytest.skip(f"{backend} cannot use the GPU here: {info.reason or info.gpu_reason}")
+    bk = gpu_backend(backend)
     gpu = nvml.list_gpus()[0][0]
     case = _case(
         backend, direction, memory, 64 * MIB, device=f"cuda:{gpu.index}", nvml_index=gpu.nvml_index
