@@ -74,6 +74,24 @@ def call_seconds(machine: Machine, dtype: str, flops: float) -> float:
     return flops / peak * (1 + machine.half_work_flops / flops)
 
 
+def _new_run(
+    directory: Path, machine: Machine, started_at: datetime, suite: str
+) -> tuple[dict[str, Any], Path, ResultsFile]:
+    """A run's description and its empty results file, where `bench run` would put it."""
+    run_id = f"{started_at:%Y%m%dT%H%M%SZ}-{machine.machine_id[:6]}"
+    run = {
+        "run_id": run_id,
+        "machine_id": machine.machine_id,
+        "label": machine.label,
+        "started_at": started_at,
+        "suite": suite,
+    }
+    described = {"machine_id": machine.machine_id, "label": machine.label, **machine.description}
+    path = directory / machine.machine_id / f"{run_id}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return run, path, ResultsFile(path, described, run)
+
+
 def write_run(
     directory: Path,
     machine: Machine,
@@ -84,18 +102,7 @@ def write_run(
 ) -> Path:
     """One run of `machine`: matmul over SHAPES and its dtypes, plus `extra_rows`
     (variant, params, outcome) in float32."""
-    run_id = f"{started_at:%Y%m%dT%H%M%SZ}-{machine.machine_id[:6]}"
-    run = {
-        "run_id": run_id,
-        "machine_id": machine.machine_id,
-        "label": machine.label,
-        "started_at": started_at,
-        "suite": "default",
-    }
-    described = {"machine_id": machine.machine_id, "label": machine.label, **machine.description}
-    path = directory / machine.machine_id / f"{run_id}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    results = ResultsFile(path, described, run)
+    run, path, results = _new_run(directory, machine, started_at, "default")
     gpu = machine.device != "cpu"
     columns: dict[str, Any] = {"cpu_model": "Example CPU", "cpu_cores": 32, "ram_bytes": 2**38}
     if gpu:
@@ -299,18 +306,7 @@ def write_system_run(
     started_at: datetime = T0 + timedelta(hours=1),
 ) -> Path:
     """One run of `machine` measuring what surrounds its GPU, from `around`."""
-    run_id = f"{started_at:%Y%m%dT%H%M%SZ}-{machine.machine_id[:6]}"
-    run = {
-        "run_id": run_id,
-        "machine_id": machine.machine_id,
-        "label": machine.label,
-        "started_at": started_at,
-        "suite": "system",
-    }
-    described = {"machine_id": machine.machine_id, "label": machine.label, **machine.description}
-    path = directory / machine.machine_id / f"{run_id}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    results = ResultsFile(path, described, run)
+    run, path, results = _new_run(directory, machine, started_at, "system")
     columns: dict[str, Any] = {"cpu_model": "Example CPU", "cpu_cores": around.cores}
     columns["ram_bytes"] = 2**38
     if machine.device != "cpu":
