@@ -11,6 +11,8 @@ Schema history (bump SCHEMA_VERSION on any change to COLUMNS; readers accept eve
   5  2026-11-24  adds bytes_convention and gbps_best; the PCIe link (pcie_gen, pcie_width,
                  pcie_gen_max, pcie_width_max, pcie_link_gbps); the storage columns
                  (storage_path ... direct_io) (older rows: none).
+  6  2026-11-24  adds the distributed columns (world_size ... grad_bytes) of `bench comm`
+                 (older rows: none).
 
 Method history (bump METHOD_VERSION when a change alters the measured figures):
   1  2026-11-23  do_bench-style time budgets, median of per-call samples, cold L2 on GPUs,
@@ -36,9 +38,9 @@ import pyarrow.parquet as pq
 from bench.errors import UserError
 from bench.nvml import TELEMETRY_COLUMNS
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 METHOD_VERSION = 1
-READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5)  # bench.report.load.migrate brings older rows up to date
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5, 6)  # bench.report.load.migrate brings older rows up to date
 
 _TYPES = {"float64": pa.float64(), "int64": pa.int64(), "string": pa.string(), "bool": pa.bool_()}
 
@@ -149,6 +151,48 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "storage_model": (pa.string(), "storage: the device's model"),
     "filesystem": (pa.string(), "storage: filesystem type (ext4, xfs, nfs4, tmpfs, ...)"),
     "direct_io": (pa.bool_(), "storage: the page cache was bypassed with O_DIRECT"),
+    "world_size": (pa.int64(), "distributed: ranks in the collective or data-parallel group"),
+    "nodes": (pa.int64(), "distributed: nodes (hosts) those ranks span"),
+    "local_world_size": (pa.int64(), "distributed: ranks per node (torchrun's LOCAL_WORLD_SIZE)"),
+    "ranks": (
+        pa.string(),
+        "distributed: JSON list of the group's ranks: rank, host, local_rank, device, device_name",
+    ),
+    "dist_backend": (pa.string(), "distributed: torch.distributed backend, nccl or gloo"),
+    "algbw_gbps": (
+        pa.float64(),
+        "collectives: message bytes / the slowest rank's median time / 1e9 (nccl-tests' algbw)",
+    ),
+    "busbw_factor": (
+        pa.float64(),
+        "collectives: nccl-tests' bus factor: all-reduce 2(n-1)/n; all-gather, reduce-scatter, "
+        "all-to-all (n-1)/n; broadcast, send/recv 1",
+    ),
+    "busbw_gbps": (pa.float64(), "collectives: algbw_gbps × busbw_factor (nccl-tests' busbw)"),
+    "slowest_rank": (pa.int64(), "distributed: the rank whose median time was the highest"),
+    "link": (
+        pa.string(),
+        "distributed: the slowest path between the ranks: NVLink (NV18), PCIe (PIX, PXB, PHB, "
+        "NODE, SYS), loopback, or the network (ib 400 Gb/s, eth 25 Gb/s)",
+    ),
+    "link_gbps": (
+        pa.float64(),
+        "distributed: that path's theoretical one-direction GB/s per rank (busbw's ceiling)",
+    ),
+    "scaling_efficiency": (
+        pa.float64(),
+        "ddp: items_per_s / (world_size × items_per_s at world size 1, same run)",
+    ),
+    "compute_s": (pa.float64(), "ddp: median step time without gradient sync (DDP no_sync)"),
+    "comm_exposed_s": (
+        pa.float64(),
+        "ddp: time_median_s − compute_s: communication not hidden behind the backward pass",
+    ),
+    "allreduce_s": (
+        pa.float64(),
+        "ddp: median time of the gradients' all-reduce alone, in DDP's buckets",
+    ),
+    "grad_bytes": (pa.int64(), "ddp: gradient bytes all-reduced per step"),
 }
 TELEMETRY_TEXT = {
     "pcie_gen": "PCIe link generation: the highest NVML showed during the timed region",

@@ -2,7 +2,8 @@
 where runtime_version (new in schema 2) comes from."""
 # Golden files: results_schema1_cpu (a real v1 run), results_schema1_gpu (synthetic, see
 # make_golden.py), results_schema2_cpu (a real `bench run quick` on this 2-core VM at schema 2),
-# results_schema3_cpu (a real run of small matmul, conv, rnn and attention cases at schema 3).
+# results_schema3_cpu (a real run of small matmul, conv, rnn and attention cases at schema 3),
+# results_schema4_cpu and results_schema5_cpu (real runs at schemas 4 and 5).
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ GPU_V1 = GOLDEN / "results_schema1_gpu.parquet"
 CPU_V2 = GOLDEN / "results_schema2_cpu.parquet"
 CPU_V3 = GOLDEN / "results_schema3_cpu.parquet"
 CPU_V4 = GOLDEN / "results_schema4_cpu.parquet"
+CPU_V5 = GOLDEN / "results_schema5_cpu.parquet"
 V1_COLUMNS = pq.read_schema(CPU_V1).names
 
 
@@ -187,13 +189,29 @@ def test_a_version_4_file_gets_gbps_best_from_its_times_and_the_rest_empty() -> 
     assert loaded.rows["items_per_s"].notna().any()  # version 4's own columns survive
 
 
+def test_golden_v5_reads_with_the_distributed_columns_empty() -> None:
+    assert CPU_V5.stat().st_size < 100_000
+    raw = pq.read_table(CPU_V5).to_pandas()
+    assert set(raw["schema_version"]) == {5}
+    loaded = load([CPU_V5])
+    assert loaded.warnings == [] and _columns(loaded.rows) == list(COLUMNS)
+    pd.testing.assert_frame_equal(
+        loaded.rows[list(raw.columns)].reset_index(drop=True), raw, check_dtype=False
+    )
+    new = [name for name in COLUMNS if name not in raw.columns]
+    assert {"world_size", "busbw_gbps", "link_gbps", "scaling_efficiency"} <= set(new)
+    for column in new:
+        assert all(_missing(v) for v in loaded.rows[column]), column
+    assert loaded.rows["bytes_convention"].notna().any()  # version 5's own columns survive
+
+
 def test_files_of_every_version_load_together(tmp_path: Path) -> None:
-    v5 = _write_current(tmp_path / "v5.parquet", _cpu_ok_outcome(), runtime_version=None)
-    loaded = load([CPU_V1, GPU_V1, CPU_V2, CPU_V3, CPU_V4, v5])
+    v6 = _write_current(tmp_path / "v6.parquet", _cpu_ok_outcome(), runtime_version=None)
+    loaded = load([CPU_V1, GPU_V1, CPU_V2, CPU_V3, CPU_V4, CPU_V5, v6])
     assert loaded.warnings == []
     assert _columns(loaded.rows) == list(COLUMNS)
-    assert set(loaded.rows["schema_version"]) == {1, 2, 3, 4, 5}
-    older = sum(pq.read_metadata(p).num_rows for p in (CPU_V2, CPU_V3, CPU_V4))
+    assert set(loaded.rows["schema_version"]) == {1, 2, 3, 4, 5, 6}
+    older = sum(pq.read_metadata(p).num_rows for p in (CPU_V2, CPU_V3, CPU_V4, CPU_V5))
     assert len(loaded.rows) == 210 + 5 + older + 1
 
 
@@ -222,7 +240,7 @@ def test_a_new_file_says_cpu_for_a_real_cpu_case(tmp_path: Path, torch_backend: 
     assert outcome.status == "ok", outcome.reason
     path = _write_current(tmp_path / "r.parquet", outcome, info.runtime_version)
     frame, meta = read_results(path)
-    assert meta["schema_version"] == SCHEMA_VERSION == 5
+    assert meta["schema_version"] == SCHEMA_VERSION == 6
     assert list(frame["runtime_version"]) == ["cpu"]
     assert list(load([path]).rows["runtime_version"]) == ["cpu"]
 

@@ -68,8 +68,13 @@ def _v4_to_v5(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.assign(**dict.fromkeys(new)).assign(gbps_best=best)
 
 
+def _v5_to_v6(rows: pd.DataFrame) -> pd.DataFrame:
+    """Adds the distributed columns: none before version 6 (no `bench comm`)."""
+    return rows.assign(**dict.fromkeys(name for name in COLUMNS if name not in rows.columns))
+
+
 # version -> the step that turns rows of that version into rows of the next one
-_STEPS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
+_STEPS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6}
 
 
 def migrate(rows: pd.DataFrame, version: int) -> pd.DataFrame:
