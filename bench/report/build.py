@@ -10,6 +10,7 @@ import pandas as pd
 
 from bench.errors import UserError
 from bench.report.cost import load_prices
+from bench.report.dist import dist_frames
 from bench.report.html import render as render_html
 from bench.report.load import latest_per_case, load, pool_runs
 from bench.report.markdown import render as render_markdown
@@ -57,7 +58,7 @@ def build(
         valid = ", ".join(sorted(by_label))
         raise UserError(f"--baseline: no machine labelled {baseline_label!r}; valid: {valid}")
     prices = load_prices(prices_path) if prices_path else None
-    ranked = compared(rows)  # not storage rows, STREAM or thread sweeps
+    ranked = compared(rows)  # not storage, STREAM, thread sweeps or distributed rows
     ctx = Context(
         rows=rows,
         loaded=loaded,
@@ -82,7 +83,7 @@ def build(
     _scoreboard_frame(ctx).to_csv(written["scoreboard.csv"], index=False)
     _best_frame(ctx).to_csv(written["best.csv"], index=False)
     _verdict_frame(ctx).to_csv(written["verdict.csv"], index=False)
-    for name, frame in (memory_frames(ctx) | system_frames(ctx)).items():
+    for name, frame in (memory_frames(ctx) | system_frames(ctx) | dist_frames(ctx)).items():
         written[name] = out_dir / name
         frame.to_csv(written[name], index=False)
     return list(written.values()), loaded.warnings

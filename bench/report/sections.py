@@ -3,10 +3,11 @@ renderers both draw: one place for the content, two for the looks.
 
 Adding a section is one small change: write a function `(Context) -> list[Section]` and list it
 in SECTIONS, or, for a workload that needs more than the generic throughput section (memory
-capacity, collectives), add a `(Context, rows) -> list[Block]` function to
+capacity, say), add a `(Context, rows) -> list[Block]` function to
 `bench.report.extras.WORKLOAD_EXTRAS` under the workload's name. A workload's section appears
 whenever its rows exist. The workloads that measure the machine around the GPU (memory
-bandwidth, transfers, STREAM, storage) are drawn together by bench.report.system instead.
+bandwidth, transfers, STREAM, storage) are drawn together by bench.report.system instead, and
+collectives and data-parallel scaling by bench.report.dist.
 """
 
 from __future__ import annotations
@@ -358,13 +359,14 @@ def scoreboard(ctx: Context) -> list[Section]:
 
 def workloads(ctx: Context) -> list[Section]:
     # They import this module.
+    from bench.report.dist import DIST_WORKLOADS
     from bench.report.extras import REPLACES_SIZE_CHARTS, WORKLOAD_EXTRAS
     from bench.report.system import SYSTEM_WORKLOADS
 
     sections = []
     for workload, rows in ctx.cases.groupby("workload", sort=True):
-        if workload in SYSTEM_WORKLOADS:
-            continue  # the System section draws them
+        if workload in SYSTEM_WORKLOADS or workload in DIST_WORKLOADS:
+            continue  # the System and distributed sections draw them
         blocks: list[Block] = []
         ok = ok_rows(rows)
         if ok.empty:
@@ -673,6 +675,12 @@ def system(ctx: Context) -> list[Section]:
     return system_sections(ctx)
 
 
+def distributed(ctx: Context) -> list[Section]:
+    from bench.report.dist import dist  # it imports this module
+
+    return dist(ctx)
+
+
 def memory(ctx: Context) -> list[Section]:
     from bench.report.memory import memory as memory_sections  # it imports this module
 
@@ -686,6 +694,7 @@ SECTIONS: list[Callable[[Context], list[Section]]] = [
     scoreboard,
     workloads,
     system,
+    distributed,
     memory,
     cost,
     energy,

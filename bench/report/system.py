@@ -54,8 +54,11 @@ SYSTEM_WORKLOADS = frozenset({MEMBW, TRANSFER, STREAM, STORAGE})
 # Left out of the scoreboard and verdict (see `compared`): a storage row measures the directory
 # the user chose (a tmpfs, a network share or a local NVMe drive), not the machine; STREAM runs
 # at thread counts up to each machine's cores, and the cases two machines share are the low
-# counts only (a 96-core box would lose to a 32-core one on them).
-NOT_COMPARED = frozenset({STORAGE, STREAM})
+# counts only (a 96-core box would lose to a 32-core one on them). Collectives and
+# data-parallel steps (bench.report.dist draws them) measure a group of ranks and the links
+# between them, at world sizes each machine chose, not one device.
+COMM, DDP = "comm", "ddp"
+NOT_COMPARED = frozenset({STORAGE, STREAM, COMM, DDP})
 # A membw variant's buffers of S bytes: its footprint in the caches.
 BUFFERS = {"copy": 2, "read": 1, "write": 1}
 CEILING_VARIANTS = ("copy", "read")  # what a kernel streaming from memory does (not a fill)
