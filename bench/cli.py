@@ -23,6 +23,7 @@ from bench import suite as suites
 from bench.backends import BACKENDS
 from bench.backends.base import DTYPES, BackendInfo
 from bench.case import Case, Outcome
+from bench.dist.collectives import OPS as COMM_OPS
 from bench.errors import UserError
 from bench.fitsearch import DEFAULT_MARGIN as DEFAULT_FIT_MARGIN
 from bench.plan import Filters, Planned, plan
@@ -161,6 +162,51 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--max", type=int, help="search ceiling (default: batch 4096, seq 131072)")
     fit.add_argument("--out", default="results", help="results directory (default: results)")
     fit.add_argument("--label", help="label for this machine (default: hostname)")
+
+    comm = sub.add_parser(
+        "comm",
+        help="collectives and DDP scaling across ranks (run it under torchrun)",
+        description="Run under torchrun, e.g. torchrun --nproc-per-node 8 -m bench comm "
+        "(make bench-dist NPROC=8); alone it is a world of one.",
+    )
+    comm.add_argument("--parts", default="collectives,ddp", help="collectives, ddp or both")
+    comm.add_argument(
+        "--ops",
+        default=",".join(COMM_OPS),
+        help=f"collectives (default all): {', '.join(COMM_OPS)}",
+    )
+    comm.add_argument(
+        "--sizes",
+        default="1KiB:1GiB:4",
+        help="message sizes: FROM:TO[:FACTOR] or a list (default 1KiB:1GiB:4)",
+    )
+    comm.add_argument("--dtypes", default="float32,bfloat16", help="collective dtypes")
+    comm.add_argument(
+        "--device", default="auto", help="auto (GPUs with NCCL where torch sees them), gpu or cpu"
+    )
+    comm.add_argument(
+        "--world-sizes", help="collectives on ranks 0..n-1 for each n, e.g. 2,4,8 (default: all)"
+    )
+    comm.add_argument(
+        "--ddp-models",
+        default="resnet50,gpt2-small,bert-base,lstm-lm",
+        help="training models under DDP, or none",
+    )
+    comm.add_argument(
+        "--ddp-world-sizes", help="DDP group sizes (default 1, 2, 4, ... and the world size)"
+    )
+    comm.add_argument("--ddp-dtype", help="float32, tf32, bfloat16, float16 (GPU default bfloat16)")
+    comm.add_argument("--ddp-size", default="full", help="full (default) or tiny models")
+    comm.add_argument("--ddp-batch", type=int, help="per-rank batch (default: per model)")
+    comm.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        help="seconds any rank waits for the others before the run ends naming the missing rank",
+    )
+    comm.add_argument("--time-budget", type=float, metavar="SECONDS", help="timed seconds per case")
+    comm.add_argument("--out", default="results", help="results directory (default: results)")
+    comm.add_argument("--label", help="label for this machine (default: hostname)")
 
     check = sub.add_parser(
         "check-timing", help="compare the harness with a bare timing loop (torch)"
@@ -331,7 +377,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
 
     extra = {"suite_path": str(suite.path), "suite_toml": suite.path.read_text()}
-    writer = _RunWriter(machine, suite.name, args.argv, out_dir, extra=extra)
+    writer = RunWriter(machine, suite.name, args.argv, out_dir, extra=extra)
     progress = Progress(len(planned), sum(1 for p in planned if not p.skip_reason))
 
     def record(
@@ -395,7 +441,7 @@ def _check_limit(limit_bytes: int, devices: list[tuple[str, int | None]]) -> Non
             )
 
 
-class _RunWriter:
+class RunWriter:
     """One run's results file: the run's description, and a row appended per finished case."""
 
     def __init__(
@@ -539,7 +585,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     ckpts = [name == "on" for name in ckpt_names]
     plans = fit.searches(targets, dtypes, ckpts, optimizers, key, fixed)
 
-    writer = _RunWriter(machine, "fit", args.argv, Path(args.out), suffix="-fit")
+    writer = RunWriter(machine, "fit", args.argv, Path(args.out), suffix="-fit")
     path, results = writer.path, writer.results
 
     def record(
@@ -591,7 +637,14 @@ def cmd_check_timing(args: argparse.Namespace) -> int:
     return check_timing(args.device, args.size, args.dtype, args.rounds)
 
 
+def cmd_comm(args: argparse.Namespace) -> int:
+    from bench.dist.run import main as comm_main
+
+    return comm_main(args)
+
+
 COMMANDS: dict[str, Any] = {
+    "comm": cmd_comm,
     "info": cmd_info,
     "list": cmd_list,
     "run": cmd_run,
