@@ -1,12 +1,15 @@
 # make bench   set up (first time) and run the default suite; results land in results/
 # make test    set up (first time), lint and run the tests
 # make fit     the largest batch that trains per model (`bench fit $(FIT_ARGS)`)
+# make bench-dist NPROC=N   collectives and DDP scaling on N ranks of this node, under torchrun
+#                         (`bench comm $(COMM_ARGS)`; NPROC default: the GPUs NVML sees, else 2)
 #
 # PYTHON=/path/to/python  use an interpreter that already has the dependencies and skip setup
 #                         (e.g. a GPU machine without a package registry)
 # SUITE=name|path.toml    suite for make bench (default: default)
 # ARGS="..."              extra arguments for `bench run`, e.g. ARGS="--device gpu --gpus all"
 # PYTEST_ARGS="..."       extra arguments for pytest
+# COMM_ARGS="..."         arguments for `bench comm`, e.g. COMM_ARGS="--parts collectives --sizes 1MiB:4GiB"
 # FIT_ARGS="..."          arguments for `bench fit`, e.g. FIT_ARGS="gpt2-small --memory-limit 24GiB"
 # REPORT_ARGS="..."       extra arguments for `bench report`, e.g. REPORT_ARGS="--prices p.toml"
 # BENCH_CHROMIUM=path     browser for the tests that render HTML (default: chromium on PATH;
@@ -18,6 +21,8 @@ ARGS ?=
 PYTEST_ARGS ?=
 REPORT_ARGS ?=
 FIT_ARGS ?=
+COMM_ARGS ?=
+NPROC ?=
 PYTHON ?=
 
 ifeq ($(strip $(PYTHON)),)
@@ -30,10 +35,16 @@ BENCH_READY :=
 TEST_READY :=
 endif
 
-.PHONY: bench test lint info list report check-timing fit setup clean
+.PHONY: bench bench-dist test lint info list report check-timing fit setup clean
 
 bench: $(BENCH_READY)
 	$(PY) -m bench run $(SUITE) $(ARGS)
+
+# NPROC is worked out when the recipe runs, after setup: one rank per GPU NVML sees, else 2.
+bench-dist: $(BENCH_READY)
+	$(PY) -m torch.distributed.run --standalone \
+		--nproc-per-node $(or $(strip $(NPROC)),$(shell $(PY) -m bench.dist.nproc)) \
+		-m bench comm $(COMM_ARGS)
 
 test: $(TEST_READY) lint
 	$(PY) scripts/ensure_chromium.py

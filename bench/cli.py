@@ -283,6 +283,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     print('  threads = [1, 2, "all"] or "sweep" (where a workload has its own, "only" says which)')
     for workload in WORKLOADS.values():
         print(f"  {workload.name:<12} {workload.description}")
+        if workload.launcher:
+            print(f"    {'(only)':<12} {workload.launcher}")
+            continue
         own = [
             f"{label} {', '.join(values)}"
             for label, values, usual in (

@@ -177,6 +177,10 @@ def _parse_entry(raw: Any, suite_settings: Settings, where: str) -> Entry:
     workload = raw.get("workload")
     if workload not in WORKLOADS:
         raise UserError(f"{where}.workload: unknown {workload!r}; valid: {', '.join(WORKLOADS)}")
+    if WORKLOADS[workload].launcher:
+        raise UserError(
+            f"{where}: {workload} runs only under {WORKLOADS[workload].launcher}, not in a suite"
+        )
     valid_keys = [*ENTRY_KEYS, *WORKLOADS[workload].keys]
     unknown = [k for k in raw if k not in valid_keys]
     if unknown:

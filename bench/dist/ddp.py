@@ -149,11 +149,6 @@ def measure_ddp(session: Session, d: DdpCase, settings: Settings) -> tuple[Case,
     return case, outcome
 
 
-def _median(times: GroupTimes) -> float:
-    samples = sorted(times.samples_s)
-    return samples[len(samples) // 2]
-
-
 def _time(
     session: Session,
     d: DdpCase,
@@ -183,7 +178,7 @@ def _time(
     times = time_in_step(session, n, step.run, settings, "DDP steps")
     compute = time_in_step(session, n, local_step, settings, "steps without sync")
     comm = time_in_step(session, n, allreduce, settings, "the gradient all-reduce")
-    step_s, compute_s = _median(times), _median(compute)
+    step_s, compute_s = times.median_s, compute.median_s
     items, _ = _items(d)
     throughput = items / step_s
     key = json.dumps([d.model, d.dtype, d.params], sort_keys=True)
@@ -194,7 +189,7 @@ def _time(
         "slowest_rank": times.slowest_rank,
         "compute_s": compute_s,
         "comm_exposed_s": step_s - compute_s,
-        "allreduce_s": _median(comm),
+        "allreduce_s": comm.median_s,
         "grad_bytes": sum(b.numel() * b.element_size() for b in buckets),
         "scaling_efficiency": throughput / (n * single) if single else None,
     }

@@ -335,7 +335,9 @@ def measure_collective(session: Session, c: CommCase, settings: Settings) -> tup
     rank, n = session.place.rank, c.world
     count = collectives.elements(c.op, c.size_bytes, n, c.dtype)
     status, reason, error, buffers = "ok", "", None, None
-    if count == 0:
+    if n < collectives.min_ranks(c.op):
+        status, reason = "skipped", f"{c.op} needs at least 2 ranks; this case has {n}"
+    elif count == 0:
         status, reason = "skipped", f"{c.size_bytes} B holds less than one {c.dtype} per rank"
     else:
         try:
@@ -352,7 +354,7 @@ def measure_collective(session: Session, c: CommCase, settings: Settings) -> tup
             )
             buffers.run()
             session.sync()
-            error = collectives.check(buffers, c.op, n, c.dtype)
+            error = collectives.check(buffers)
             if error >= 1.0:
                 status, reason = "incorrect", "received values differ from what was sent"
         except Failed:
@@ -363,7 +365,7 @@ def measure_collective(session: Session, c: CommCase, settings: Settings) -> tup
             status, reason, buffers = failure_status(exc), _one_line(exc), None
     agreed = agree(session, n, status, reason, error)
     columns = group_columns(session, n)
-    if c.op == "pair":
+    if c.op == "pair" and c.peer < n:
         link = group_link(session, n, c.peer)
         columns |= {"link": link.text or None, "link_gbps": link.gbps}
     timed: GroupTimes | None = None
@@ -400,7 +402,7 @@ def _outcome(
             moved = collectives.message_bytes(
                 collective.op, collective.size_bytes, collective.world, collective.dtype
             )
-            median_s = sorted(timed.samples_s)[len(timed.samples_s) // 2]
+            median_s = timed.median_s
             algbw = moved / median_s / 1e9 if median_s > 0 else None
             factor = collectives.busbw_factor(collective.op, collective.world)
             columns |= {
@@ -450,9 +452,8 @@ def collective_cases(args: argparse.Namespace, session: Session) -> list[CommCas
     cases = []
     for n in world_sizes(args.world_sizes, world, "--world-sizes", [world]):
         for op in ops:
-            if n < collectives.min_ranks(op):
-                continue
-            peers = pair_peers(n, session.members) if op == "pair" else [0]
+            # a world of one still gets pair rows (skipped, saying why), with a peer it lacks
+            peers = (pair_peers(n, session.members) or [1]) if op == "pair" else [0]
             for dtype in dtypes:
                 for peer in peers:
                     cases += [CommCase(op, s, dtype, n, peer) for s in sizes]

@@ -29,6 +29,7 @@ import numpy as np
 from bench.case import Settings
 from bench.dist.session import Session
 from bench.measure import HostTimer, Timer
+from bench.stats import summarize
 
 ESTIMATE_CALLS = 3
 
@@ -39,6 +40,11 @@ class GroupTimes:
     samples_s: tuple[float, ...]  # per call, the slowest rank's, sample by sample
     calls_per_sample: int
     rank_medians_s: tuple[float, ...]  # each member's own median per-call time
+
+    @property
+    def median_s(self) -> float:
+        """The median of samples_s, as the results file's time_median_s is computed."""
+        return summarize(self.samples_s).median_s
 
     @property
     def slowest_rank(self) -> int:

@@ -38,6 +38,9 @@ from bench.report.verdict import Verdict
 
 WORK_FLOPS = 1e18  # the fixed amount of work priced in the cost table
 MAX_SERIES_PER_CHART = 10
+# Workloads whose FLOPs are a whole group's (DDP: every rank's), not one device's: kept out of the
+# rooflines, cost and energy, which rank devices.
+GROUP_WORKLOADS = frozenset({"ddp"})
 MAX_BARS = 80  # scoreboard bars drawn; the table lists every score
 MAX_MARKERS = 64  # per series; beyond, a line without per-point hover text keeps pages small
 VERDICT_COLORS = {"faster": "#2ca02c", "slower": "#d62728", "no clear difference": "#9e9e9e"}
@@ -93,6 +96,7 @@ class Context:
     # rows without the raw samples, + timed_calls and mode (params' "mode", "" where none)
     cases: pd.DataFrame = field(init=False)
     ok: pd.DataFrame = field(init=False)  # the ok cases among them
+    device_flops: pd.DataFrame = field(init=False)  # ok cases with one device's FLOP count
     peak_of: Callable[[str], GpuPeak | None] = field(init=False)  # device name -> its peaks
 
     def __post_init__(self) -> None:
@@ -103,6 +107,8 @@ class Context:
             mode=self.rows["params"].map(lambda p: str(parse_params(p).get("mode", ""))),
         )
         self.ok = ok_rows(self.cases)
+        one_device = ~self.ok["workload"].isin(GROUP_WORKLOADS)
+        self.device_flops = self.ok[(self.ok["flops"] > 0) & one_device]
         self.peak_of = functools.cache(lambda name: find_peak(name, self.peaks))
         for i, machine_id in enumerate(sorted(self.labels, key=self.labels.__getitem__)):
             self.colors[machine_id] = PALETTE[i % len(PALETTE)]
@@ -489,7 +495,7 @@ def ceilings(ctx: Context) -> dict[tuple[str, str, str], Ceiling]:
     from bench.report.system import bandwidth_ceilings  # it imports this module
 
     device = ["machine_id", "device_kind"]
-    counted = ctx.ok[ctx.ok["flops"] > 0]
+    counted = ctx.device_flops
     compute = counted.groupby([*device, "dtype"])["tflops"].max()
     measured = bandwidth_ceilings(ctx)
     names = counted.groupby(device)["device_name"].first()
@@ -583,7 +589,7 @@ def cost(ctx: Context) -> list[Section]:
         )
         return [Section("Cost", [text], anchor="cost")]
     body = []
-    for row in best_rows(ctx.ok[ctx.ok["flops"] > 0]).to_dict("records"):
+    for row in best_rows(ctx.device_flops).to_dict("records"):
         label = ctx.labels[str(row["machine_id"])]
         price = price_for(label, row["gpu_name"], ctx.prices)
         if price is None:
@@ -618,8 +624,8 @@ def cost(ctx: Context) -> list[Section]:
 
 
 def energy(ctx: Context) -> list[Section]:
-    measured = ctx.ok
-    measured = measured[(measured["gpu_energy_j"] > 0) & (measured["flops"] > 0)]
+    measured = ctx.device_flops
+    measured = measured[measured["gpu_energy_j"] > 0]
     if measured.empty:
         return []
     body = []

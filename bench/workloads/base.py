@@ -101,6 +101,9 @@ class Workload:
     # The workload writes files: setup gets `scratch_dir=`, an empty directory under the
     # user's storage directory that the worker and the parent remove after the case.
     scratch: bool = False
+    # The command that runs the workload where a suite cannot (e.g. "bench comm" under torchrun,
+    # for collectives across processes); "" for suite workloads.
+    launcher: str = ""
 
 
 def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
