@@ -40,7 +40,8 @@ from bench.nvml import TELEMETRY_COLUMNS
 
 SCHEMA_VERSION = 6
 METHOD_VERSION = 1
-READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5, 6)  # bench.report.load.migrate brings older rows up to date
+# bench.report.load.migrate brings older rows up to date
+READABLE_SCHEMA_VERSIONS = (1, 2, 3, 4, 5, 6)
 
 _TYPES = {"float64": pa.float64(), "int64": pa.int64(), "string": pa.string(), "bool": pa.bool_()}
 
