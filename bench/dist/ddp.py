@@ -20,14 +20,17 @@ their average by hand; then one DDP backward must give every rank those averaged
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
+from bench.backends.base import Unsupported
 from bench.case import Case, Outcome, Settings
 from bench.dist.run import (
     DdpCase,
     _broken,
     _one_line,
+    _threads,
     agree,
     failure_status,
     group_columns,
@@ -40,6 +43,15 @@ BUCKET_BYTES = 25 * 2**20  # DDP's default bucket_cap_mb
 SEED = 0
 # world-size-1 throughput per (model, dtype, params), for scaling_efficiency
 _SINGLE: dict[str, float] = {}
+
+
+@functools.cache
+def _torch_backend() -> Any:
+    from bench.backends.torch_backend import Backend
+
+    backend = Backend()
+    backend.probe()
+    return backend
 
 
 def _grad_vector(model: Any) -> Any:
@@ -91,9 +103,12 @@ def measure_ddp(session: Session, d: DdpCase, settings: Settings) -> tuple[Case,
 
     n, rank, device, p = d.world, session.place.rank, session.device, d.params
     group = session.group(n)
-    status, reason, error, impl = "ok", "", None, ""
+    status, reason, error, impl, precision = "ok", "", None, "", ""
     ddp = step = buckets = None
     try:
+        backend = _torch_backend()
+        backend.native_dtype(d.dtype, device)  # Unsupported: tf32 on a CPU, ...
+        precision = backend.set_precision(d.dtype, device)  # TF32 on or off, explicitly
         session.guard.arm("building the model")
         cfg = spec.config(d.model, p["size"], p)
         length = p[spec.INPUT_KEY[d.model]]
@@ -110,6 +125,8 @@ def measure_ddp(session: Session, d: DdpCase, settings: Settings) -> tuple[Case,
         buckets = _buckets(ddp.module, device)
     except Failed:
         raise
+    except Unsupported as exc:
+        status, reason = "skipped", str(exc)
     except Exception as exc:
         if _broken(exc):
             session.fail(exc)
@@ -143,6 +160,8 @@ def measure_ddp(session: Session, d: DdpCase, settings: Settings) -> tuple[Case,
         rel_error=agreed.error,
         tolerance=torch_train.tolerance(d.model, d.dtype),
         impl=impl,
+        precision=precision,
+        threads=_threads(session),
         device_name=session.members[0]["device_name"],
         columns=columns,
     )

@@ -419,8 +419,18 @@ def _outcome(
         rel_error=agreed.error,
         tolerance=tolerance,
         device_name=session.members[0]["device_name"],
+        threads=_threads(session),
         columns=columns,
     )
+
+
+def _threads(session: Session) -> int | None:
+    """The torch threads of a CPU rank (the node's cores shared among its ranks)."""
+    if session.device != "cpu":
+        return None
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _broken(exc: BaseException) -> bool:
