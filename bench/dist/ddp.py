@@ -132,10 +132,11 @@ def measure_ddp(session: Session, d: DdpCase, settings: Settings) -> tuple[Case,
             session.fail(exc)
         status, reason = failure_status(exc), _one_line(exc)
     agreed = agree(session, n, status, reason, error)
-    columns: dict[str, Any] = group_columns(session, n)
     times: GroupTimes | None = None
+    columns: dict[str, Any] = {}
     if agreed.status == "ok" and step is not None and ddp is not None and buckets is not None:
-        times, columns = _time(session, d, settings, step, ddp, buckets, group, columns)
+        times, columns = _time(session, d, settings, step, ddp, buckets, group)
+    columns = group_columns(session, n, times) | columns
     del ddp, step, buckets
     if device != "cpu":
         torch.cuda.empty_cache()
@@ -176,8 +177,8 @@ def _time(
     ddp: Any,
     buckets: list[Any],
     group: Any,
-    columns: dict[str, Any],
 ) -> tuple[GroupTimes, dict[str, Any]]:
+    """The step's times, and the columns that split them (see the module docstring)."""
     import torch.distributed as dist
 
     n = d.world
@@ -204,8 +205,7 @@ def _time(
     if n == 1:
         _SINGLE[key] = throughput
     single = _SINGLE.get(key)
-    columns = columns | {
-        "slowest_rank": times.slowest_rank,
+    columns = {
         "compute_s": compute_s,
         "comm_exposed_s": step_s - compute_s,
         "allreduce_s": comm.median_s,

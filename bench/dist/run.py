@@ -169,7 +169,11 @@ class Recorder:
         from bench.discover import describe_machine
 
         machine = describe_machine(args.label)
-        extra = {"world": _world_text(session), "members": session.members}
+        extra = {
+            "world": _world_text(session),
+            "members": session.members,
+            "gpu_topology": _topology(session),
+        }
         self.writer = RunWriter(machine, "comm", argv, Path(args.out), extra=extra, suffix="-comm")
         self.info = Backend().probe()
 
@@ -190,29 +194,43 @@ class Recorder:
         return f"the {self.count} finished cases are in {self.writer.path}"
 
 
+def _topology(session: Session) -> list[list[str]] | None:
+    """`nvidia-smi topo -m` between the GPUs of rank 0's node (None on CPU ranks)."""
+    from bench import topology
+
+    indices = [m["nvml_index"] for m in session.members if m["node"] == session.place.node_rank]
+    if session.device == "cpu" or None in indices:
+        return None
+    return topology.topology_matrix(indices)
+
+
 def _world_text(session: Session) -> str:
     p = session.place
     kind = session.device.split(":")[0]
     return f"{p.world_size} rank(s) on {p.nodes} node(s), {session.backend} on {kind}"
 
 
-def group_columns(session: Session, size: int) -> dict[str, Any]:
-    """The distributed columns every row of a case on ranks 0..size-1 carries."""
+RANK_KEYS = ("rank", "host", "local_rank", "device", "device_name")
+
+
+def group_columns(session: Session, size: int, times: GroupTimes | None = None) -> dict[str, Any]:
+    """The distributed columns every row of a case on ranks 0..size-1 carries; with the case's
+    times, each rank's own median (`median_s` in `ranks`) and the slowest rank."""
     members = session.members_of(size)
     link = group_link(session, size)
+    ranks = [{k: m[k] for k in RANK_KEYS} for m in members]
+    if times is not None:
+        for entry, median_s in zip(ranks, times.rank_medians_s, strict=True):
+            entry["median_s"] = median_s
     return {
         "world_size": size,
         "nodes": len({m["node"] for m in members}),
         "local_world_size": session.place.local_world_size,
-        "ranks": json.dumps(
-            [
-                {k: m[k] for k in ("rank", "host", "local_rank", "device", "device_name")}
-                for m in members
-            ]
-        ),
+        "ranks": json.dumps(ranks),
         "dist_backend": session.backend,
         "link": link.text or None,
         "link_gbps": link.gbps,
+        "slowest_rank": times.slowest_rank if times is not None else None,
     }
 
 
@@ -364,13 +382,13 @@ def measure_collective(session: Session, c: CommCase, settings: Settings) -> tup
                 session.fail(exc)
             status, reason, buffers = failure_status(exc), _one_line(exc), None
     agreed = agree(session, n, status, reason, error)
-    columns = group_columns(session, n)
-    if c.op == "pair" and c.peer < n:
-        link = group_link(session, n, c.peer)
-        columns |= {"link": link.text or None, "link_gbps": link.gbps}
     timed: GroupTimes | None = None
     if agreed.status == "ok" and buffers is not None:
         timed = time_in_step(session, n, buffers.run, settings, "the collective")
+    columns = group_columns(session, n, timed)
+    if c.op == "pair" and c.peer < n:
+        link = group_link(session, n, c.peer)
+        columns |= {"link": link.text or None, "link_gbps": link.gbps}
     del buffers
     if session.device != "cpu":
         torch.cuda.empty_cache()
@@ -385,31 +403,25 @@ def measure_collective(session: Session, c: CommCase, settings: Settings) -> tup
         settings=settings,
         nvml_index=session.members[0]["nvml_index"],
     )
-    return case, _outcome(session, agreed, timed, columns, collective=c)
+    return case, _outcome(session, c, agreed, timed, columns)
 
 
 def _outcome(
     session: Session,
+    c: CommCase,
     agreed: Agreed,
     timed: GroupTimes | None,
     columns: dict[str, Any],
-    collective: CommCase | None = None,
-    tolerance: float | None = None,
 ) -> Outcome:
-    if timed is not None:
-        columns = columns | {"slowest_rank": timed.slowest_rank}
-        if collective is not None:
-            moved = collectives.message_bytes(
-                collective.op, collective.size_bytes, collective.world, collective.dtype
-            )
-            median_s = timed.median_s
-            algbw = moved / median_s / 1e9 if median_s > 0 else None
-            factor = collectives.busbw_factor(collective.op, collective.world)
-            columns |= {
-                "algbw_gbps": algbw,
-                "busbw_factor": factor,
-                "busbw_gbps": algbw * factor if algbw is not None else None,
-            }
+    """A collective case's outcome: with its times, algbw and busbw as nccl-tests count them."""
+    if timed is not None and timed.median_s > 0:
+        algbw = collectives.message_bytes(c.op, c.size_bytes, c.world, c.dtype) / timed.median_s
+        factor = collectives.busbw_factor(c.op, c.world)
+        columns = columns | {
+            "algbw_gbps": algbw / 1e9,
+            "busbw_factor": factor,
+            "busbw_gbps": algbw * factor / 1e9,
+        }
     return Outcome(
         status=agreed.status,
         reason=agreed.reason,
@@ -417,7 +429,6 @@ def _outcome(
         samples_s=timed.samples_s if timed else (),
         calls_per_sample=timed.calls_per_sample if timed else 1,
         rel_error=agreed.error,
-        tolerance=tolerance,
         device_name=session.members[0]["device_name"],
         threads=_threads(session),
         columns=columns,

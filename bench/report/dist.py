@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.dist.collectives import OPS
 from bench.report.load import ok_rows
 from bench.report.sections import (
     MAX_SERIES_PER_CHART,
@@ -39,7 +40,6 @@ from bench.report.system import COMM, DDP, WIDE_CHART_PX, _flat, _num, _pct, _pr
 
 DIST_WORKLOADS = frozenset({COMM, DDP})
 PAIR = "pair"  # point-to-point from rank 0 to one peer: a per-link table, not a chart line
-OPS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast", "all_to_all", "sendrecv", PAIR)
 # Lighter shades of a machine's colour for its smaller rank counts (the largest gets the colour
 # itself): share of white mixed in, by rank in the machine's world sizes, largest first.
 TINTS = (0.0, 0.35, 0.55, 0.7)
