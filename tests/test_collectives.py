@@ -261,7 +261,10 @@ def test_buffer_shapes_and_inputs(op: str) -> None:
     for rank, buffers in enumerate(_buffers(op, n, chunk, "float32", peer=2)):
         assert buffers.send.shape == ((chunk,) if op == "all_gather" else (count,))
         index = np.arange(buffers.send.numel())
-        want = reduce_value(rank, index, n) if op in REDUCING_OPS else move_value(rank, index)
+        split = chunk if op == "reduce_scatter" else 0
+        want = (
+            reduce_value(rank, index, n, split) if op in REDUCING_OPS else move_value(rank, index)
+        )
         assert buffers.send.numpy().tolist() == want.tolist()
         if op in ("all_reduce", "broadcast"):
             assert buffers.recv is buffers.send  # in place
@@ -527,13 +530,6 @@ def test_a_reduce_scatter_chunk_of_any_other_rank_is_caught(n: int, chunk: int) 
             assert check(buffers) == float(other != rank), (rank, other)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reduce-scatter expects 2 + i mod 101 at global position i, which repeats every 101 "
-    "elements: when a rank's chunk is a multiple of 101 elements, every rank expects the same "
-    "values and a chunk handed to the wrong rank passes (e.g. 27 ranks, 16 KiB of bfloat16: "
-    "303 per rank; 11 ranks, 64 MiB of float32: 1525201 = 101 × 15101 per rank)",
-)
 @pytest.mark.parametrize(
     ("n", "size_bytes", "dtype"), [(27, 16 << 10, "bfloat16"), (2, 404, "int8")]
 )

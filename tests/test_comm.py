@@ -203,6 +203,10 @@ def test_without_torchrun_it_is_a_world_of_one(tmp_path: Path) -> None:
         (["--parts", "everything"], "--parts"),
         (["--device", "tpu"], "--device"),
         (["--ddp-batch", "0"], "--ddp-batch"),
+        (["--ddp-dtype", "fp8"], "--ddp-dtype: unknown 'fp8'"),
+        (["--ddp-size", "huge"], "--ddp-size: unknown 'huge'"),
+        (["--ddp-models", "vgg16"], "--ddp-models: unknown 'vgg16'"),
+        (["--ddp-world-sizes", "2"], "--ddp-world-sizes"),
     ],
 )
 def test_bad_arguments_are_one_line_and_status_2(

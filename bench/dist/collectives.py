@@ -19,8 +19,9 @@ and results are compared exactly. Data-moving collectives carry w(q, i) = (5q + 
 which tells the sending rank and the position apart. Reductions sum
 v(q, i) = [q ≡ i (mod n)] · (1 + i mod 101) + [q ≡ i + 1 (mod n)]: at every position two ranks
 send a non-zero value and the sum is 2 + i mod 101 whatever n, so no sum outgrows a dtype's exact
-integers (int8 never wraps), a missing rank, a shifted or misplaced chunk, or a wrong reduction
-(a max) changes it. Buffers are filled and compared in chunks, so a check needs little memory
+integers (int8 never wraps), and a missing rank (where the buffer has at least n elements), a
+shifted chunk or a wrong reduction (a max) changes it; a reduce-scatter shifts i by 5 × the
+destination rank, so a chunk delivered to the wrong rank shows too. Buffers are filled and compared in chunks, so a check needs little memory
 beyond the buffers themselves.
 """
 
@@ -70,15 +71,23 @@ def min_ranks(op: str) -> int:
 # --- the values a check puts in and expects ----------------------------------------------------
 
 
-def reduce_value(rank: Any, index: Any, n: int) -> Any:
-    """What rank `rank` of `n` sends at `index` in a reduction (see the module docstring)."""
-    own = (index % n == rank) * (1 + index % MOVE_PERIOD)
+def _key(index: Any, chunk: int) -> Any:
+    """The position a reduction's value follows: the index, shifted by the destination rank
+    (index // chunk) in a reduce-scatter, so each rank's chunk differs from the others' even
+    when a chunk is a multiple of the period."""
+    return index + MOVE_RANK_STRIDE * (index // chunk) if chunk else index
+
+
+def reduce_value(rank: Any, index: Any, n: int, chunk: int = 0) -> Any:
+    """What rank `rank` of `n` sends at `index` in a reduction (see the module docstring);
+    `chunk`: a reduce-scatter's elements per rank (0 for an all-reduce)."""
+    own = (index % n == rank) * (1 + _key(index, chunk) % MOVE_PERIOD)
     return own + ((index + 1) % n == rank) * 1
 
 
-def reduce_sum(index: Any) -> Any:
-    """Σ over the n ranks of reduce_value(q, index, n): the same for every n."""
-    return 2 + index % MOVE_PERIOD
+def reduce_sum(index: Any, chunk: int = 0) -> Any:
+    """Σ over the n ranks of reduce_value(q, index, n, chunk): the same for every n."""
+    return 2 + _key(index, chunk) % MOVE_PERIOD
 
 
 def move_value(rank: Any, index: Any) -> Any:
@@ -128,7 +137,8 @@ def make_buffers(
         else torch.empty(recv_count, dtype=dtype, device=device)
     )
     if op in REDUCING_OPS:
-        fill(send, lambda i: reduce_value(rank, i, n))
+        split = chunk if op == "reduce_scatter" else 0
+        fill(send, lambda i: reduce_value(rank, i, n, split))
     else:
         fill(send, lambda i: move_value(rank, i))
     if recv is not send:
@@ -157,7 +167,7 @@ def make_buffers(
             send,
             recv,
             lambda: scatter(recv, send, group=group),
-            lambda i: reduce_sum(rank * chunk + i),
+            lambda i: reduce_sum(rank * chunk + i, chunk),
         )
     if op == "all_to_all":
         return Buffers(

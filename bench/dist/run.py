@@ -487,10 +487,6 @@ def ddp_cases(args: argparse.Namespace, session: Session) -> list[DdpCase]:
     models = _names(args.ddp_models, spec.MODELS, "--ddp-models")
     gpu = session.device != "cpu"
     dtype = args.ddp_dtype or ("bfloat16" if gpu else "float32")
-    if dtype not in spec.TRAIN_DTYPES:
-        raise UserError(f"--ddp-dtype: unknown {dtype!r}; valid: {', '.join(spec.TRAIN_DTYPES)}")
-    if args.ddp_size not in spec.SIZES:
-        raise UserError(f"--ddp-size: unknown {args.ddp_size!r}; valid: {', '.join(spec.SIZES)}")
     world = session.place.world_size
     sizes = world_sizes(args.ddp_world_sizes, world, "--ddp-world-sizes", powers_of_two(world))
     shapes = DDP_GPU if gpu else DDP_CPU
@@ -505,21 +501,32 @@ def ddp_cases(args: argparse.Namespace, session: Session) -> list[DdpCase]:
     return cases
 
 
-def validate(args: argparse.Namespace) -> None:
-    """Argument checks that need no process group (every rank runs them before meeting)."""
+def validate(args: argparse.Namespace, world: int) -> None:
+    """Every argument check, before the ranks meet: each rank refuses bad input on its own, with
+    one line and status 2, and no process group is left waiting."""
     if not 1 <= args.timeout <= 86400:
         raise UserError(f"--timeout: {args.timeout} is out of range [1, 86400] seconds")
     if args.time_budget is not None and not 0.001 <= args.time_budget <= 3600:
         raise UserError(f"--time-budget: {args.time_budget} is out of range [0.001, 3600]")
+    if args.device not in ("auto", "gpu", "cpu"):
+        raise UserError(f"--device: unknown {args.device!r}; valid: auto, gpu, cpu")
     parts = _names(args.parts, PARTS, "--parts")
     if "collectives" in parts:
         _names(args.ops, collectives.OPS, "--ops")
         _names(args.dtypes, collectives.DTYPES, "--dtypes")
         parse_sizes(args.sizes)
-    if args.ddp_batch is not None and args.ddp_batch < 1:
-        raise UserError(f"--ddp-batch: {args.ddp_batch} is not a positive batch")
-    if args.device not in ("auto", "gpu", "cpu"):
-        raise UserError(f"--device: unknown {args.device!r}; valid: auto, gpu, cpu")
+        world_sizes(args.world_sizes, world, "--world-sizes", [world])
+    if "ddp" in parts and args.ddp_models != "none":
+        _names(args.ddp_models, spec.MODELS, "--ddp-models")
+        if args.ddp_dtype is not None and args.ddp_dtype not in spec.TRAIN_DTYPES:
+            valid = ", ".join(spec.TRAIN_DTYPES)
+            raise UserError(f"--ddp-dtype: unknown {args.ddp_dtype!r}; valid: {valid}")
+        if args.ddp_size not in spec.SIZES:
+            valid = ", ".join(spec.SIZES)
+            raise UserError(f"--ddp-size: unknown {args.ddp_size!r}; valid: {valid}")
+        if args.ddp_batch is not None and args.ddp_batch < 1:
+            raise UserError(f"--ddp-batch: {args.ddp_batch} is not a positive batch")
+        world_sizes(args.ddp_world_sizes, world, "--ddp-world-sizes", [world])
 
 
 def device_kind(requested: str) -> str:
@@ -532,8 +539,8 @@ def device_kind(requested: str) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    validate(args)
     place: Place = place_from_env()
+    validate(args, place.world_size)
     session = Session.start(place, device_kind(args.device), args.timeout)
     recorder: Recorder | None = None
     try:
