@@ -280,15 +280,44 @@ def test_pair_checks_only_the_peer() -> None:
     assert _checks(ranks) == [0.0, 0.0, 1.0, 0.0]
 
 
-def test_filling_and_checking_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
-    whole = _simulate("all_to_all", 4, 6, "float32")
-    monkeypatch.setattr(collectives, "CHECK_CHUNK", 5)
-    chunked = _simulate("all_to_all", 4, 6, "float32")
-    for a, b in zip(whole, chunked, strict=True):
-        assert torch.equal(a.send, b.send) and torch.equal(a.recv, b.recv)
-    assert _checks(chunked) == [0.0] * 4
-    chunked[2].recv[-1] += 1  # in the last chunk the check compares
-    assert _checks(chunked) == [0.0, 0.0, 1.0, 0.0]
+@pytest.mark.parametrize(
+    ("op", "n", "chunk"),
+    [
+        ("all_reduce", 3, 1000),
+        ("reduce_scatter", 4, 250),
+        ("all_gather", 3, 217),
+        ("all_to_all", 2, 101),
+    ],
+)
+def test_periodic_filling_matches_the_formula_element_by_element(
+    op: str, n: int, chunk: int
+) -> None:
+    """Buffers are filled a period at a time (tails and segments included); every element must
+    still be the formula's value at its index."""
+    for rank, buffers in enumerate(_buffers(op, n, chunk, "float32")):
+        index = np.arange(buffers.send.numel())
+        split = chunk if op == "reduce_scatter" else 0
+        want = (
+            reduce_value(rank, index, n, split) if op in REDUCING_OPS else move_value(rank, index)
+        )
+        assert buffers.send.numpy().tolist() == want.tolist()
+
+
+@pytest.mark.parametrize("position", [0, 150, -1])  # the first period, a middle one, the tail
+def test_a_wrong_value_anywhere_is_caught(position: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(collectives, "DIRECT_MAX_ELEMENTS", 0)  # compared a period at a time
+    ranks = _simulate("all_to_all", 4, 250, "float32")
+    assert _checks(ranks) == [0.0] * 4
+    ranks[2].recv[position] += 1
+    assert _checks(ranks) == [0.0, 0.0, 1.0, 0.0]
+
+
+def test_fill_and_check_agree_on_any_pattern(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(collectives, "DIRECT_MAX_ELEMENTS", 0)
+    pattern = collectives.Pattern(lambda i: (i % 7) + 3 * (i // 10), period=7, segment=10)
+    tensor = collectives.fill(torch.empty(95), pattern)
+    index = torch.arange(95)
+    assert torch.equal(tensor, ((index % 7) + 3 * (index // 10)).float())
 
 
 # --- the check on correct and corrupted data (the exact regime) ---------------------------------

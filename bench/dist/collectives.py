@@ -21,13 +21,16 @@ v(q, i) = [q ≡ i (mod n)] · (1 + i mod 101) + [q ≡ i + 1 (mod n)]: at every
 send a non-zero value and the sum is 2 + i mod 101 whatever n, so no sum outgrows a dtype's exact
 integers (int8 never wraps), and a missing rank (where the buffer has at least n elements), a
 shifted chunk or a wrong reduction (a max) changes it; a reduce-scatter shifts i by 5 × the
-destination rank, so a chunk delivered to the wrong rank shows too. Buffers are filled and compared in chunks, so a check needs little memory
-beyond the buffers themselves.
+destination rank, so a chunk delivered to the wrong rank shows too. Every pattern is periodic
+(period 101, or lcm(n, 101) for a reduction's inputs) within each rank's chunk, so buffers are
+filled and compared a period at a time, at the speed of a copy, with no index arrays as large as
+the buffer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +41,7 @@ POINT_TO_POINT = frozenset({"sendrecv", "pair"})
 DTYPES = ("float32", "bfloat16", "float16", "float64", "int8")
 ITEM_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float64": 8, "int8": 1}
 MOVE_PERIOD, MOVE_RANK_STRIDE = 101, 5
-CHECK_CHUNK = 1 << 24  # elements filled or compared at once
+DIRECT_MAX_ELEMENTS = 1 << 16  # buffers up to this are filled and compared in one pass
 
 
 def busbw_factor(op: str, n: int) -> float:
@@ -95,15 +98,50 @@ def move_value(rank: Any, index: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class Pattern:
+    """A buffer's values as a function of the element index, periodic with `period` inside each
+    segment of `segment` elements (0: the buffer is one segment). A buffer is filled and
+    compared one period at a time, at the speed of a copy, whatever its size."""
+
+    value: Callable[[Any], Any]
+    period: int
+    segment: int = 0
+
+
+def _periods(tensor: Any, pattern: Pattern) -> Iterator[tuple[Any, Any]]:
+    """(a view of the tensor, the values it must hold), covering the tensor once."""
+    import torch
+
+    numel = tensor.numel()
+    if numel <= DIRECT_MAX_ELEMENTS:  # small: one pass over the whole index beats many periods
+        yield tensor, pattern.value(torch.arange(numel, device=tensor.device)).to(tensor.dtype)
+        return
+    segment = pattern.segment or numel
+    for first in range(0, numel, segment):
+        length = min(segment, numel - first)
+        period = min(pattern.period, length)
+        index = torch.arange(first, first + period, device=tensor.device)
+        base = pattern.value(index).to(tensor.dtype)
+        whole = length // period
+        yield tensor[first : first + whole * period].view(whole, period), base.expand(whole, period)
+        if whole * period < length:
+            yield tensor[first + whole * period : first + length], base[: length - whole * period]
+
+
+def fill(tensor: Any, pattern: Pattern) -> Any:
+    for view, values in _periods(tensor, pattern):
+        view.copy_(values)
+    return tensor
+
+
+@dataclass(frozen=True)
 class Buffers:
     """One rank's tensors for one case: what it sends and where it receives."""
 
     send: Any
     recv: Any
     run: Callable[[], Any]  # one call of the collective
-    expected: (
-        Callable[[Any], Any] | None
-    )  # global index array -> expected recv values; None: no recv
+    expected: Pattern | None  # what recv must hold afterwards; None: this rank receives nothing
 
 
 def _dist_fn(name: str, old: str) -> Any:
@@ -120,61 +158,44 @@ def make_buffers(
     import torch
     import torch.distributed as dist
 
-    def fill(tensor: Any, value: Callable[[Any], Any]) -> Any:
-        for start in range(0, tensor.numel(), CHECK_CHUNK):
-            stop = min(start + CHECK_CHUNK, tensor.numel())
-            index = torch.arange(start, stop, device=device)
-            tensor[start:stop] = value(index).to(tensor.dtype)
-        return tensor
-
     chunk = count // n if op in SPLIT_OPS else count
     send_count = chunk if op == "all_gather" else count
     recv_count = chunk if op == "reduce_scatter" else count
     send = torch.empty(send_count, dtype=dtype, device=device)
-    recv = (
-        send
-        if op in ("all_reduce", "broadcast")
-        else torch.empty(recv_count, dtype=dtype, device=device)
-    )
+    in_place = op in ("all_reduce", "broadcast")
+    recv = send if in_place else torch.empty(recv_count, dtype=dtype, device=device)
     if op in REDUCING_OPS:
         split = chunk if op == "reduce_scatter" else 0
-        fill(send, lambda i: reduce_value(rank, i, n, split))
+        period = math.lcm(n, MOVE_PERIOD)
+        fill(send, Pattern(lambda i: reduce_value(rank, i, n, split), period, split))
     else:
-        fill(send, lambda i: move_value(rank, i))
-    if recv is not send:
+        fill(send, Pattern(lambda i: move_value(rank, i), MOVE_PERIOD))
+    if not in_place:
         recv.fill_(-1)  # anything a collective failed to write stands out
 
+    def moved(
+        source: Callable[[Any], Any], offset: Callable[[Any], Any], segment: int = 0
+    ) -> Pattern:
+        return Pattern(lambda i: move_value(source(i), offset(i)), MOVE_PERIOD, segment)
+
     if op == "all_reduce":
-        return Buffers(send, recv, lambda: dist.all_reduce(send, group=group), reduce_sum)
+        run = lambda: dist.all_reduce(send, group=group)  # noqa: E731
+        return Buffers(send, recv, run, Pattern(reduce_sum, MOVE_PERIOD))
     if op == "broadcast":
-        return Buffers(
-            send,
-            recv,
-            lambda: dist.broadcast(send, _global(group, 0), group=group),
-            lambda i: move_value(0, i),
-        )
+        run = lambda: dist.broadcast(send, _global(group, 0), group=group)  # noqa: E731
+        return Buffers(send, recv, run, moved(lambda i: 0, lambda i: i))
     if op == "all_gather":
         gather = _dist_fn("all_gather_single", "all_gather_into_tensor")
-        return Buffers(
-            send,
-            recv,
-            lambda: gather(recv, send, group=group),
-            lambda i: move_value(i // chunk, i % chunk),
-        )
+        expect = moved(lambda i: i // chunk, lambda i: i % chunk, chunk)
+        return Buffers(send, recv, lambda: gather(recv, send, group=group), expect)
     if op == "reduce_scatter":
         scatter = _dist_fn("reduce_scatter_single", "reduce_scatter_tensor")
-        return Buffers(
-            send,
-            recv,
-            lambda: scatter(recv, send, group=group),
-            lambda i: reduce_sum(rank * chunk + i, chunk),
-        )
+        expect = Pattern(lambda i: reduce_sum(rank * chunk + i, chunk), MOVE_PERIOD)
+        return Buffers(send, recv, lambda: scatter(recv, send, group=group), expect)
     if op == "all_to_all":
+        run = lambda: dist.all_to_all_single(recv, send, group=group)  # noqa: E731
         return Buffers(
-            send,
-            recv,
-            lambda: dist.all_to_all_single(recv, send, group=group),
-            lambda i: move_value(i // chunk, rank * chunk + i % chunk),
+            send, recv, run, moved(lambda i: i // chunk, lambda i: rank * chunk + i % chunk, chunk)
         )
     if op == "sendrecv":
         to, frm = _global(group, (rank + 1) % n), _global(group, (rank - 1) % n)
@@ -187,7 +208,7 @@ def make_buffers(
             for work in dist.batch_isend_irecv(ops):
                 work.wait()
 
-        return Buffers(send, recv, ring, lambda i: move_value((rank - 1) % n, i))
+        return Buffers(send, recv, ring, moved(lambda i: (rank - 1) % n, lambda i: i))
     if op == "pair":
         return _pair(send, recv, rank, peer, group)
     raise ValueError(f"unknown collective {op!r}")
@@ -201,9 +222,8 @@ def _pair(send: Any, recv: Any, rank: int, peer: int, group: Any) -> Buffers:
         return Buffers(send, recv, lambda: dist.send(send, to, group=group), None)
     if rank == peer:
         frm = _global(group, 0)
-        return Buffers(
-            send, recv, lambda: dist.recv(recv, frm, group=group), lambda i: move_value(0, i)
-        )
+        expect = Pattern(lambda i: move_value(0, i), MOVE_PERIOD)
+        return Buffers(send, recv, lambda: dist.recv(recv, frm, group=group), expect)
     return Buffers(send, recv, lambda: None, None)  # a bystander: its time is ~0
 
 
@@ -219,10 +239,5 @@ def check(buffers: Buffers) -> float:
 
     if buffers.expected is None:
         return 0.0
-    out = buffers.recv
-    for start in range(0, out.numel(), CHECK_CHUNK):
-        stop = min(start + CHECK_CHUNK, out.numel())
-        index = torch.arange(start, stop, device=out.device)
-        if not torch.equal(out[start:stop], buffers.expected(index).to(out.dtype)):
-            return 1.0
-    return 0.0
+    views = _periods(buffers.recv, buffers.expected)
+    return 0.0 if all(torch.equal(view, values) for view, values in views) else 1.0

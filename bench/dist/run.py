@@ -359,19 +359,15 @@ def measure_collective(session: Session, c: CommCase, settings: Settings) -> tup
         status, reason = "skipped", f"{c.size_bytes} B holds less than one {c.dtype} per rank"
     else:
         try:
-            session.guard.arm("the check")
+            dtype = getattr(torch, c.dtype)
+            group = session.group(n)
             buffers = collectives.make_buffers(
-                c.op,
-                count,
-                getattr(torch, c.dtype),
-                session.device,
-                rank,
-                n,
-                session.group(n),
-                c.peer,
+                c.op, count, dtype, session.device, rank, n, group, c.peer
             )
+            session.guard.arm("the checked call")  # filling and checking are not waits
             buffers.run()
             session.sync()
+            session.guard.disarm()
             error = collectives.check(buffers)
             if error >= 1.0:
                 status, reason = "incorrect", "received values differ from what was sent"

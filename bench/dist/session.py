@@ -127,7 +127,9 @@ class Failed(Exception):
 
 class Guard:
     """The deadline on every wait for other ranks, the heartbeat, and the diagnosis (see the
-    module docstring). `arm(what)` starts a wait; `disarm()` ends it."""
+    module docstring). `arm(what)` starts a wait of at most the timeout (one collective call, one
+    training step, one sample of a few calls); `disarm()` ends it. Work a rank does alone (filling
+    or checking buffers, building a model) is not armed: it is not a wait."""
 
     def __init__(
         self, place: Place, timeout_s: float, members: Callable[[], list[dict[str, Any]]]
@@ -140,12 +142,16 @@ class Guard:
         self._case = "start-up"
         self.on_fail: Callable[[str], None] = exit_failed
         self._stop = threading.Event()
-        self._store: Any = None
-        self._thread = threading.Thread(target=self._watch, name="bench-comm-guard", daemon=True)
+        # Two threads: one only beats, so a rank that is diagnosing (or busy) still looks alive.
+        self._threads = [
+            threading.Thread(target=self._beat, name="bench-comm-beat", daemon=True),
+            threading.Thread(target=self._watch, name="bench-comm-guard", daemon=True),
+        ]
 
     def start(self, store: Any) -> None:
         store.set(f"at/{self.place.rank}", f"0\t{self._case}")
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def case(self, store: Any, index: int, text: str) -> None:
         """This rank begins case `index` (1-based); other ranks can see it in the store."""
@@ -172,34 +178,27 @@ class Guard:
     def stop(self) -> None:
         self._stop.set()
 
+    def _beat(self) -> None:
+        store = None
+        while not self._stop.wait(BEAT_INTERVAL_S):
+            try:
+                store = store or _store(self.place, is_master=False, timeout_s=STORE_TIMEOUT_S)
+                store.add(f"beat/{self.place.rank}", 1)
+            except Exception:  # the store is gone: a diagnosis will say so when it matters
+                store = None
+
     def _watch(self) -> None:
-        next_beat = 0.0
         while not self._stop.wait(POLL_S):
-            now = time.monotonic()
-            if now >= next_beat:
-                next_beat = now + BEAT_INTERVAL_S
-                self._beat()
             deadline = self._deadline
-            if deadline is not None and now > deadline:
+            if deadline is not None and time.monotonic() > deadline:
                 waited = f"waited {self.timeout_s:g} s for the other ranks in {self._case}"
                 self.on_fail(f"{waited}, {self._what}; {self.diagnose()}")
                 return
 
-    def _client(self) -> Any:
-        if self._store is None:
-            self._store = _store(self.place, is_master=False, timeout_s=STORE_TIMEOUT_S)
-        return self._store
-
-    def _beat(self) -> None:
-        try:
-            self._client().add(f"beat/{self.place.rank}", 1)
-        except Exception:  # the store is gone: the diagnosis will say so when it matters
-            self._store = None
-
     def diagnose(self) -> str:
         """Which ranks this one is waiting for, and why, from the store."""
         try:
-            store = self._client()
+            store = _store(self.place, is_master=False, timeout_s=STORE_TIMEOUT_S)
             ranks = range(self.place.world_size)
             before = [store.add(f"beat/{r}", 0) for r in ranks]
             time.sleep(DIAGNOSE_WATCH_S)
