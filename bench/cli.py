@@ -24,6 +24,8 @@ from bench.backends import BACKENDS
 from bench.backends.base import DTYPES, BackendInfo
 from bench.case import Case, Outcome
 from bench.dist.collectives import OPS as COMM_OPS
+from bench.dist.run import DEFAULT_DTYPES as COMM_DTYPES
+from bench.dist.run import DEFAULT_SIZES as COMM_SIZES
 from bench.errors import UserError
 from bench.fitsearch import DEFAULT_MARGIN as DEFAULT_FIT_MARGIN
 from bench.plan import Filters, Planned, plan
@@ -177,10 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     comm.add_argument(
         "--sizes",
-        default="1KiB:1GiB:4",
-        help="message sizes: FROM:TO[:FACTOR] or a list (default 1KiB:1GiB:4)",
+        default=COMM_SIZES,
+        help=f"message sizes: FROM:TO[:FACTOR] or a list (default {COMM_SIZES})",
     )
-    comm.add_argument("--dtypes", default="float32,bfloat16", help="collective dtypes")
+    comm.add_argument(
+        "--dtypes", default=COMM_DTYPES, help=f"collective dtypes (default {COMM_DTYPES})"
+    )
     comm.add_argument(
         "--device", default="auto", help="auto (GPUs with NCCL where torch sees them), gpu or cpu"
     )

@@ -279,6 +279,16 @@ def _wait_for_rows(out: Path, deadline_s: float = 180) -> None:
     assert list(out.rglob("*-comm.parquet")), "no row was written"
 
 
+def _signal_rank_1(
+    proc: subprocess.Popen[str], out: Path, signum: signal.Signals
+) -> tuple[int, float]:
+    """Once rank 0 has written a row, send rank 1 `signum`: (its pid, when)."""
+    rank1 = _rank_pid(proc, 1)
+    _wait_for_rows(out)
+    os.kill(rank1, signum)
+    return rank1, time.monotonic()
+
+
 def _finished_rows(out: Path) -> pd.DataFrame:
     rows = _results(out)
     assert len(rows) >= 1 and (rows["status"] == "ok").all()
@@ -289,10 +299,7 @@ def test_a_killed_rank_ends_the_run_naming_it(
     long_run: tuple[subprocess.Popen[str], Path, Path],
 ) -> None:
     proc, out, log = long_run
-    rank1 = _rank_pid(proc, 1)
-    _wait_for_rows(out)
-    os.kill(rank1, signal.SIGKILL)
-    killed = time.monotonic()
+    _, killed = _signal_rank_1(proc, out, signal.SIGKILL)
     proc.wait(timeout=60)
     assert proc.returncode != 0 and time.monotonic() - killed < 45
     text = log.read_text()
@@ -304,10 +311,7 @@ def test_a_stopped_rank_is_named_within_the_timeout(
     long_run: tuple[subprocess.Popen[str], Path, Path],
 ) -> None:
     proc, out, log = long_run
-    rank1 = _rank_pid(proc, 1)
-    _wait_for_rows(out)
-    os.kill(rank1, signal.SIGSTOP)
-    stopped = time.monotonic()
+    rank1, stopped = _signal_rank_1(proc, out, signal.SIGSTOP)
     error = ""
     while time.monotonic() - stopped < 40 and not error:
         error = next((x for x in log.read_text().splitlines() if "bench comm: error" in x), "")

@@ -30,10 +30,10 @@ from bench.dist.run import (
     DdpCase,
     _broken,
     _one_line,
-    _threads,
     agree,
     failure_status,
     group_columns,
+    result,
 )
 from bench.dist.session import Failed, Session
 from bench.dist.timing import GroupTimes, time_in_step
@@ -141,32 +141,20 @@ def measure_ddp(session: Session, d: DdpCase, settings: Settings) -> tuple[Case,
     if device != "cpu":
         torch.cuda.empty_cache()
     params = {**p, "world_size": n}
-    case = Case(
-        suite="comm",
-        workload="ddp",
-        variant=d.model,
-        backend="torch",
-        device=device,
-        dtype=d.dtype,
-        params=Case.make_params(params),
-        settings=settings,
-        nvml_index=session.members[0]["nvml_index"],
-    )
-    outcome = Outcome(
-        status=agreed.status,
-        reason=agreed.reason,
-        first_call_s=times.first_call_s if times else None,
-        samples_s=times.samples_s if times else (),
-        calls_per_sample=times.calls_per_sample if times else 1,
-        rel_error=agreed.error,
+    return result(
+        session,
+        "ddp",
+        d.model,
+        d.dtype,
+        params,
+        settings,
+        agreed,
+        times,
+        columns,
         tolerance=torch_train.tolerance(d.model, d.dtype),
         impl=impl,
         precision=precision,
-        threads=_threads(session),
-        device_name=session.members[0]["device_name"],
-        columns=columns,
     )
-    return case, outcome
 
 
 def _time(

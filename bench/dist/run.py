@@ -30,7 +30,7 @@ from bench.errors import UserError
 from bench.models import spec
 
 DEFAULT_SIZES = "1KiB:1GiB:4"
-DEFAULT_DTYPES = ("float32", "bfloat16")
+DEFAULT_DTYPES = "float32,bfloat16"
 PARTS = ("collectives", "ddp")
 SETTINGS = Settings(time_budget_s=0.3, warmup_s=0.05, min_samples=5, max_samples=200)
 DDP_SETTINGS = Settings(time_budget_s=1.0, warmup_s=0.0, min_samples=3, max_samples=50)
@@ -388,47 +388,65 @@ def measure_collective(session: Session, c: CommCase, settings: Settings) -> tup
     del buffers
     if session.device != "cpu":
         torch.cuda.empty_cache()
+    return result(
+        session,
+        "comm",
+        c.op,
+        c.dtype,
+        c.params(),
+        settings,
+        agreed,
+        timed,
+        columns | _bandwidth(c, timed),
+    )
+
+
+def result(
+    session: Session,
+    workload: str,
+    variant: str,
+    dtype: str,
+    params: dict[str, Any],
+    settings: Settings,
+    agreed: Agreed,
+    times: GroupTimes | None,
+    columns: dict[str, Any],
+    **fields: Any,
+) -> tuple[Case, Outcome]:
+    """The case and outcome rank 0 writes as a row (`fields`: more Outcome fields)."""
     case = Case(
         suite="comm",
-        workload="comm",
-        variant=c.op,
+        workload=workload,
+        variant=variant,
         backend="torch",
         device=session.device,
-        dtype=c.dtype,
-        params=Case.make_params(c.params()),
+        dtype=dtype,
+        params=Case.make_params(params),
         settings=settings,
         nvml_index=session.members[0]["nvml_index"],
     )
-    return case, _outcome(session, c, agreed, timed, columns)
-
-
-def _outcome(
-    session: Session,
-    c: CommCase,
-    agreed: Agreed,
-    timed: GroupTimes | None,
-    columns: dict[str, Any],
-) -> Outcome:
-    """A collective case's outcome: with its times, algbw and busbw as nccl-tests count them."""
-    if timed is not None and timed.median_s > 0:
-        algbw = collectives.message_bytes(c.op, c.size_bytes, c.world, c.dtype) / timed.median_s
-        factor = collectives.busbw_factor(c.op, c.world)
-        columns = columns | {
-            "algbw_gbps": algbw / 1e9,
-            "busbw_factor": factor,
-            "busbw_gbps": algbw * factor / 1e9,
-        }
-    return Outcome(
+    outcome = Outcome(
         status=agreed.status,
         reason=agreed.reason,
-        first_call_s=timed.first_call_s if timed else None,
-        samples_s=timed.samples_s if timed else (),
-        calls_per_sample=timed.calls_per_sample if timed else 1,
+        first_call_s=times.first_call_s if times else None,
+        samples_s=times.samples_s if times else (),
+        calls_per_sample=times.calls_per_sample if times else 1,
         rel_error=agreed.error,
         device_name=session.members[0]["device_name"],
         threads=_threads(session),
         columns=columns,
+        **fields,
     )
+    return case, outcome
+
+
+def _bandwidth(c: CommCase, times: GroupTimes | None) -> dict[str, Any]:
+    """algbw and busbw as nccl-tests count them (none without times)."""
+    if times is None or times.median_s <= 0:
+        return {}
+    algbw = collectives.message_bytes(c.op, c.size_bytes, c.world, c.dtype) / times.median_s
+    factor = collectives.busbw_factor(c.op, c.world)
+    return {"algbw_gbps": algbw / 1e9, "busbw_factor": factor, "busbw_gbps": algbw * factor / 1e9}
 
 
 def _threads(session: Session) -> int | None:
@@ -537,11 +555,14 @@ def device_kind(requested: str) -> str:
 def main(args: argparse.Namespace) -> int:
     place: Place = place_from_env()
     validate(args, place.world_size)
-    session = Session.start(place, device_kind(args.device), args.timeout)
     recorder: Recorder | None = None
+
+    def note() -> str:
+        return recorder.note() if recorder else "no case had finished"
+
     try:
+        session = Session.start(place, device_kind(args.device), args.timeout)
         recorder = Recorder(session, args, args.argv)
-        note = recorder.note
         session.guard.on_fail = lambda message: exit_failed(
             f"rank {place.rank}: {message}; {note()}"
         )
@@ -551,34 +572,44 @@ def main(args: argparse.Namespace) -> int:
                 f"fails); {note()}"
             )
         )
-        parts = _names(args.parts, PARTS, "--parts")
-        comm = collective_cases(args, session) if "collectives" in parts else []
-        ddp = ddp_cases(args, session) if "ddp" in parts else []
-        session.make_groups([c.world for c in comm] + [c.world for c in ddp])
-        if place.rank == 0:
-            total = len(comm) + len(ddp)
-            head = f"bench comm: {_world_text(session)}; {total} cases -> {recorder.path}"
-            print(head, file=sys.stderr, flush=True)
-        runner = Runner(session, recorder, len(comm) + len(ddp))
-        settings = _settings(SETTINGS, args.time_budget)
-        for c in comm:
-            runner.run(c.world, c.text(), lambda c=c: measure_collective(session, c, settings))
-        if ddp:
-            from bench.dist.ddp import measure_ddp
-
-            ddp_settings = _settings(DDP_SETTINGS, args.time_budget)
-            for d in ddp:
-                runner.run(d.world, d.text(), lambda d=d: measure_ddp(session, d, ddp_settings))
-        session.guard.arm("the final barrier")
-        session.barrier(session.group(place.world_size))
+        _run(args, session, recorder)
     except Failed as exc:
-        exit_failed(f"rank {place.rank}: {exc}; {recorder.note() if recorder else ''}")
+        exit_failed(f"rank {place.rank}: {exc}; {note()}")
     except KeyboardInterrupt:
-        exit_failed(f"rank {place.rank}: interrupted; {recorder.note() if recorder else ''}", 130)
+        exit_failed(f"rank {place.rank}: interrupted; {note()}", 130)
+    except UserError:
+        raise
+    except Exception as exc:  # a bug or a broken framework: one line, the rows kept
+        exit_failed(f"rank {place.rank}: unexpected {_one_line(exc)}; {note()}")
     session.close()
     if place.rank == 0 and recorder is not None:
         print(f"{recorder.count} cases -> {recorder.path}")
     return 0
+
+
+def _run(args: argparse.Namespace, session: Session, recorder: Recorder) -> None:
+    """Every case of the plan, in order, then a barrier so no rank leaves early."""
+    parts = _names(args.parts, PARTS, "--parts")
+    comm = collective_cases(args, session) if "collectives" in parts else []
+    ddp = ddp_cases(args, session) if "ddp" in parts else []
+    session.make_groups([c.world for c in comm] + [c.world for c in ddp])
+    total = len(comm) + len(ddp)
+    if session.place.rank == 0:
+        head = f"bench comm: {_world_text(session)}; {total} cases -> {recorder.path}"
+        print(head, file=sys.stderr, flush=True)
+    runner = Runner(session, recorder, total)
+    settings = _settings(SETTINGS, args.time_budget)
+    for c in comm:
+        runner.run(c.world, c.text(), lambda c=c: measure_collective(session, c, settings))
+    if ddp:
+        from bench.dist.ddp import measure_ddp
+
+        ddp_settings = _settings(DDP_SETTINGS, args.time_budget)
+        for d in ddp:
+            runner.run(d.world, d.text(), lambda d=d: measure_ddp(session, d, ddp_settings))
+    session.guard.arm("the final barrier")
+    session.barrier(session.group(session.place.world_size))
+    session.guard.disarm()
 
 
 def _settings(base: Settings, budget_s: float | None) -> Settings:

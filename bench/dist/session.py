@@ -140,7 +140,7 @@ class Guard:
         self._deadline: float | None = None
         self._what = ""
         self._case = "start-up"
-        self.on_fail: Callable[[str], None] = exit_failed
+        self.on_fail: Callable[[str], None] = lambda m: exit_failed(f"rank {place.rank}: {m}")
         self._stop = threading.Event()
         # Two threads: one only beats, so a rank that is diagnosing (or busy) still looks alive.
         self._threads = [
