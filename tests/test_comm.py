@@ -1,4 +1,6 @@
-"""`bench comm` for real: ranks started by torchrun, talking Gloo over loopback on this machine.
+"""`bench comm` for real: ranks started by torchrun, talking Gloo over loopback on this machine
+(`--device cpu` also on a GPU machine, whose one GPU could not take two NCCL ranks); with a GPU,
+NCCL at a world of one.
 
 One two-rank run (module fixture) measures every collective at two small sizes in three dtypes,
 and DDP on a tiny model at world sizes 1 and 2; the tests read its results file. Other tests run
@@ -21,7 +23,7 @@ from typing import Any
 import pandas as pd
 import psutil
 import pytest
-from conftest import REPO, run_bench
+from conftest import REPO, needs_gpu, run_bench
 
 from bench.dist import collectives
 from bench.dist.run import pair_peers, parse_sizes, powers_of_two, world_sizes
@@ -72,7 +74,8 @@ RUN_OUT: dict[str, Path] = {}
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, str]:
     out = tmp_path_factory.mktemp("comm")
-    args = ["--ops", ALL_OPS, "--sizes", SIZES, "--dtypes", "float32,bfloat16,int8"]
+    args = ["--device", "cpu", "--ops", ALL_OPS, "--sizes", SIZES]
+    args += ["--dtypes", "float32,bfloat16,int8"]
     args += ["--ddp-models", "lstm-lm", "--ddp-size", "tiny", "--ddp-world-sizes", "1,2"]
     args += ["--time-budget", "0.02", "--timeout", "60", "--out", str(out), "--label", "ci"]
     done = subprocess.run(
@@ -180,7 +183,7 @@ def test_without_torchrun_it_is_a_world_of_one(tmp_path: Path) -> None:
     done = run_bench(
         "comm",
         *("--parts", "collectives", "--ops", "all_reduce,sendrecv,pair", "--sizes", "4KiB"),
-        *("--dtypes", "float32"),
+        *("--dtypes", "float32", "--device", "cpu"),
         *("--time-budget", "0.01", "--out", str(tmp_path)),
         timeout=300,
     )
@@ -239,7 +242,8 @@ def test_a_suite_cannot_run_comm(tmp_path: Path) -> None:
 def long_run(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], Path, Path]]:
     """A two-rank run long enough to be interrupted; its output goes to a file."""
     out, log = tmp_path / "out", tmp_path / "log.txt"
-    args = ["--parts", "collectives", "--ops", "all_reduce", "--sizes", "1KiB:64MiB:2"]
+    args = ["--device", "cpu", "--parts", "collectives", "--ops", "all_reduce"]
+    args += ["--sizes", "1KiB:64MiB:2"]
     args += ["--dtypes", "float32,bfloat16", "--time-budget", "0.2", "--timeout", "5"]
     with log.open("w") as sink:
         proc = subprocess.Popen(
@@ -327,6 +331,28 @@ def test_a_stopped_rank_is_named_within_the_timeout(
     assert "finished cases are in" in error
     assert proc.returncode != 0
     _finished_rows(out)
+
+
+# --- NCCL, where there is a GPU ------------------------------------------------------------------
+
+
+@needs_gpu
+def test_nccl_at_a_world_of_one(tmp_path: Path) -> None:
+    done = run_bench(
+        "comm",
+        *("--device", "gpu", "--ops", "all_reduce,all_gather,broadcast", "--sizes", "4KiB,64MiB"),
+        *("--dtypes", "float32,bfloat16", "--ddp-models", "lstm-lm", "--ddp-size", "tiny"),
+        *("--time-budget", "0.05", "--out", str(tmp_path)),
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _results(tmp_path)
+    bad = rows[rows["status"] != "ok"]
+    assert bad.empty, bad[["variant", "dtype", "reason"]].to_string()
+    assert set(rows["dist_backend"]) == {"nccl"} and set(rows["device"]) == {"cuda:0"}
+    comm = rows[rows["workload"] == "comm"]
+    assert (comm["rel_error"] == 0.0).all() and (comm["algbw_gbps"] > 0).all()
+    assert set(rows[rows["workload"] == "ddp"]["scaling_efficiency"]) == {1.0}
 
 
 # --- pure helpers -------------------------------------------------------------------------------
