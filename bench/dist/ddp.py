@@ -68,14 +68,21 @@ def _check(session: Session, step: Any, ddp: Any, size: int) -> float:
     from bench.workloads.base import relative_error
 
     group = session.group(size)
-    with ddp.no_sync():
+    # Unscaled (float16's loss scaling could overflow into inf grads, which the scaler would skip):
+    # both backward passes compute the same thing, so the comparison stays exact in kind.
+    scaler = step.scaler
+    step.scaler = torch.amp.GradScaler(torch.device(session.device).type, enabled=False)
+    try:
+        with ddp.no_sync():
+            step.loss_and_grads()
+        local = _grad_vector(ddp.module)
+        dist.all_reduce(local, group=group)
+        expected = local / size
         step.loss_and_grads()
-    local = _grad_vector(ddp.module)
-    dist.all_reduce(local, group=group)
-    expected = local / size
-    step.loss_and_grads()
-    got = _grad_vector(ddp.module)
-    session.sync()
+        got = _grad_vector(ddp.module)
+        session.sync()
+    finally:
+        step.scaler = scaler
     return (
         relative_error(got.double().cpu().numpy(), expected.double().cpu().numpy())
         if torch.isfinite(got).all()
@@ -109,12 +116,12 @@ def measure_ddp(session: Session, d: DdpCase, settings: Settings) -> tuple[Case,
         backend = _torch_backend()
         backend.native_dtype(d.dtype, device)  # Unsupported: tf32 on a CPU, ...
         precision = backend.set_precision(d.dtype, device)  # TF32 on or off, explicitly
-        session.guard.arm("building the model")
         cfg = spec.config(d.model, p["size"], p)
         length = p[spec.INPUT_KEY[d.model]]
         host = torch_train.make_batch(d.model, cfg, p["batch"], length, SEED + 1 + rank)
         step = torch_train.Step(build(cfg, SEED, False), p["optimizer"], device, d.dtype, host)
         impl = "ddp, " + torch_train._impl(step, p)
+        session.guard.arm("DDP's start (rank 0's weights broadcast)")
         ids = [session.place.local_rank] if device != "cpu" else None
         ddp = DistributedDataParallel(step.model, device_ids=ids, process_group=group)
         step.model = ddp
