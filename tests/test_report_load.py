@@ -118,6 +118,24 @@ def test_pooling_three_runs_gives_one_row_with_the_statistics_of_all_samples(
     assert len(_row(pooled, LARGE)["samples_s"]) == 2
 
 
+def test_pooled_collectives_recompute_algbw_and_busbw(tmp_path: Path) -> None:
+    # A collective's row: bytes is the message S, busbw = algbw × nccl-tests' factor.
+    def collective(samples: list[float]) -> Outcome:
+        return Outcome(
+            "ok", samples_s=tuple(samples), device_name="cpu", columns={"busbw_factor": 1.5}
+        )
+
+    _run(tmp_path, 0, [(SMALL, collective([1e-3, 3e-3])), (LARGE, _ok([2e-3, 4e-3]))])
+    _run(tmp_path, 1, [(SMALL, collective([2e-3, 5e-3])), (LARGE, _ok([1e-3]))])
+    pooled = pool_runs(load([tmp_path]).rows)
+    row = _row(pooled, SMALL)
+    median_s = np.median([1e-3, 3e-3, 2e-3, 5e-3])
+    assert row["algbw_gbps"] == pytest.approx(row["bytes"] / median_s / 1e9, rel=1e-12)
+    assert row["busbw_gbps"] == pytest.approx(1.5 * row["algbw_gbps"], rel=1e-12)
+    other = _row(pooled, LARGE)  # not a collective: no algbw or busbw appears
+    assert pd.isna(other["algbw_gbps"]) and pd.isna(other["busbw_gbps"])
+
+
 def test_a_case_one_run_measured_is_the_latest_row_unchanged(tmp_path: Path) -> None:
     _run(tmp_path, 0, [(SMALL, _ok([1e-3, 2e-3, 4e-3])), (LARGE, Outcome("skipped", "too big"))])
     _run(tmp_path, 1, [(LARGE, Outcome("skipped", "still too big"))])

@@ -191,9 +191,9 @@ def pool_runs(rows: pd.DataFrame) -> pd.DataFrame:
 
     The ok rows' raw samples are concatenated (runs in start order) and the statistics are
     recomputed from them with bench.stats.summarize: time_median_s, time_p25_s, time_p75_s,
-    time_min_s, noisy, and tflops and gbps from the pooled median. Every other field is the latest
-    ok run's. A case measured ok by a single run keeps that row unchanged (its statistics are
-    already those of its samples). A case with no ok run keeps its latest row, as in
+    time_min_s, noisy, and tflops, gbps, items_per_s and (collectives) algbw and busbw from the
+    pooled median. Every other field is the latest ok run's. A case measured ok by a single run
+    keeps that row unchanged (its statistics are already those of its samples). A case with no ok run keeps its latest row, as in
     latest_per_case. Rows come in the order latest_per_case gives.
 
     A case whose latest run failed after earlier ok runs is reported from the pooled ok runs:
@@ -255,7 +255,12 @@ def _put_statistics(rows: pd.DataFrame, at: np.ndarray, samples: pa.ListArray) -
         "noisy": [s.noisy for s in stats],
         "tflops": per_s("flops") / 1e12,
         "gbps": per_s("bytes") / 1e9,
+        "items_per_s": per_s("items_per_call"),
     }
+    # collectives: algbw is gbps (bytes = the message S), busbw its nccl-tests multiple
+    factor = pd.to_numeric(rows["busbw_factor"].iloc[at], errors="coerce").to_numpy(float)
+    new["algbw_gbps"] = np.where(np.isnan(factor), np.nan, new["gbps"])
+    new["busbw_gbps"] = new["gbps"] * factor
     for name, values_at in new.items():
         column = rows[name].to_numpy(dtype=object if name == "noisy" else float, copy=True)
         column[at] = values_at
