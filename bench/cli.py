@@ -28,6 +28,8 @@ from bench.dist.run import DEFAULT_DTYPES as COMM_DTYPES
 from bench.dist.run import DEFAULT_SIZES as COMM_SIZES
 from bench.errors import UserError
 from bench.fitsearch import DEFAULT_MARGIN as DEFAULT_FIT_MARGIN
+from bench.models.spec import MODELS as TRAIN_MODELS
+from bench.models.spec import TRAIN_DTYPES
 from bench.plan import Filters, Planned, plan
 from bench.progress import Progress, summary
 from bench.results import ResultsFile, check_writable, make_row
@@ -193,13 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     comm.add_argument(
         "--ddp-models",
-        default="resnet50,gpt2-small,bert-base,lstm-lm",
-        help="training models under DDP, or none",
+        default=",".join(TRAIN_MODELS),
+        help=f"training models under DDP (default all: {', '.join(TRAIN_MODELS)}), or none",
     )
     comm.add_argument(
         "--ddp-world-sizes", help="DDP group sizes (default 1, 2, 4, ... and the world size)"
     )
-    comm.add_argument("--ddp-dtype", help="float32, tf32, bfloat16, float16 (GPU default bfloat16)")
+    comm.add_argument(
+        "--ddp-dtype",
+        help=f"{', '.join(TRAIN_DTYPES)} (default: bfloat16 on GPUs, float32 on the CPU)",
+    )
     comm.add_argument("--ddp-size", default="full", help="full (default) or tiny models")
     comm.add_argument("--ddp-batch", type=int, help="per-rank batch (default: per model)")
     comm.add_argument(
