@@ -193,8 +193,9 @@ def pool_runs(rows: pd.DataFrame) -> pd.DataFrame:
     recomputed from them with bench.stats.summarize: time_median_s, time_p25_s, time_p75_s,
     time_min_s, noisy, and tflops, gbps, items_per_s and (collectives) algbw and busbw from the
     pooled median. Every other field is the latest ok run's. A case measured ok by a single run
-    keeps that row unchanged (its statistics are already those of its samples). A case with no ok run keeps its latest row, as in
-    latest_per_case. Rows come in the order latest_per_case gives.
+    keeps that row unchanged (its statistics are already those of its samples). A case with no
+    ok run keeps its latest row, as in latest_per_case. Rows come in the order latest_per_case
+    gives.
 
     A case whose latest run failed after earlier ok runs is reported from the pooled ok runs:
     a failed run measured nothing, so it cannot move the speed, and pooling asks for every
