@@ -20,7 +20,6 @@ their average by hand; then one DDP backward must give every rank those averaged
 
 from __future__ import annotations
 
-import functools
 import json
 from typing import Any
 
@@ -34,6 +33,7 @@ from bench.dist.run import (
     failure_status,
     group_columns,
     result,
+    torch_backend,
 )
 from bench.dist.session import Failed, Session
 from bench.dist.timing import GroupTimes, time_in_step
@@ -43,15 +43,6 @@ BUCKET_BYTES = 25 * 2**20  # DDP's default bucket_cap_mb
 SEED = 0
 # world-size-1 throughput per (model, dtype, params), for scaling_efficiency
 _SINGLE: dict[str, float] = {}
-
-
-@functools.cache
-def _torch_backend() -> Any:
-    from bench.backends.torch_backend import Backend
-
-    backend = Backend()
-    backend.probe()
-    return backend
 
 
 def _grad_vector(model: Any) -> Any:
@@ -113,7 +104,7 @@ def measure_ddp(session: Session, d: DdpCase, settings: Settings) -> tuple[Case,
     status, reason, error, impl, precision = "ok", "", None, "", ""
     ddp = step = buckets = None
     try:
-        backend = _torch_backend()
+        backend = torch_backend()
         backend.native_dtype(d.dtype, device)  # Unsupported: tf32 on a CPU, ...
         precision = backend.set_precision(d.dtype, device)  # TF32 on or off, explicitly
         cfg = spec.config(d.model, p["size"], p)

@@ -12,6 +12,7 @@ process group itself ends the run (bench.dist.session).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -164,7 +165,6 @@ class Recorder:
         self.count = 0
         if session.place.rank != 0:
             return
-        from bench.backends.torch_backend import Backend
         from bench.cli import RunWriter
         from bench.discover import describe_machine
 
@@ -175,7 +175,7 @@ class Recorder:
             "gpu_topology": _topology(session),
         }
         self.writer = RunWriter(machine, "comm", argv, Path(args.out), extra=extra, suffix="-comm")
-        self.info = Backend().probe()
+        self.info = torch_backend().probe()
 
     @property
     def path(self) -> Path | None:
@@ -283,10 +283,18 @@ def agree(session: Session, size: int, status: str, reason: str, error: float | 
     return Agreed("ok", "", worst)
 
 
-def failure_status(exc: BaseException) -> str:
-    import torch
+@functools.cache
+def torch_backend() -> Any:
+    """The suite's torch adapter, probed once: dtypes, precision settings, OOM recognition."""
+    from bench.backends.torch_backend import Backend
 
-    return "oom" if isinstance(exc, torch.OutOfMemoryError) else "error"
+    backend = Backend()
+    backend.probe()
+    return backend
+
+
+def failure_status(exc: BaseException) -> str:
+    return "oom" if torch_backend().is_oom(exc) else "error"
 
 
 class Runner:

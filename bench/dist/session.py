@@ -19,6 +19,7 @@ every case.
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import socket
@@ -304,7 +305,10 @@ class Session:
         session.guard.arm("joining the process group")
         group_timeout = timedelta(seconds=timeout_s + GROUP_TIMEOUT_MARGIN_S)
         kwargs: dict[str, Any] = {}
-        if session.backend == "nccl":
+        if (
+            session.backend == "nccl"
+            and "device_id" in inspect.signature(dist.init_process_group).parameters
+        ):  # torch 2.3+: bind the GPU at once (NCCL's communicator starts eagerly)
             kwargs["device_id"] = torch.device(session.device)
         try:
             dist.init_process_group(
