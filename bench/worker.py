@@ -143,7 +143,7 @@ def run_case(bk: Any, case: Case, memory: _WorkerMemory | None = None) -> Outcom
     except Exception as exc:
         # MemoryError: a host allocation failed (numpy, or the float64 reference of a check).
         status = "oom" if isinstance(exc, MemoryError) or bk.is_oom(exc) else "error"
-        return Outcome(status, _one_line(exc), **known)
+        return Outcome(status, one_line(exc), **known)
     finally:
         if WORKLOADS[case.workload].scratch:
             remove_scratch(case.settings.storage_dir, os.getpid())
@@ -217,7 +217,8 @@ def _outside_allocator_bytes(
     return None if own is None else max(0, own - held)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its type, its first line and where it was raised."""
     if isinstance(exc, CaseError):
         return str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
     where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None

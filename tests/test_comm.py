@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import psutil
@@ -68,11 +68,14 @@ def _results(out: Path) -> pd.DataFrame:
     return frame
 
 
-RUN_OUT: dict[str, Path] = {}
+class Run(NamedTuple):
+    rows: pd.DataFrame
+    stderr: str
+    path: Path  # the results file rank 0 wrote
 
 
 @pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, str]:
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Run:
     out = tmp_path_factory.mktemp("comm")
     args = ["--device", "cpu", "--ops", ALL_OPS, "--sizes", SIZES]
     args += ["--dtypes", "float32,bfloat16,int8"]
@@ -82,14 +85,13 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, s
         torchrun(2, *args), cwd=REPO, capture_output=True, text=True, timeout=600, check=False
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    RUN_OUT["two_ranks"] = _results_file(out)
-    return _results(out), done.stderr
+    return Run(_results(out), done.stderr, _results_file(out))
 
 
 def test_every_case_of_the_two_rank_run_is_checked_and_ok(
-    two_ranks: tuple[pd.DataFrame, str],
+    two_ranks: Run,
 ) -> None:
-    rows, _ = two_ranks
+    rows = two_ranks.rows
     comm = rows[rows["workload"] == "comm"]
     assert len(comm) == len(collectives.OPS) * 3 * 2
     assert set(comm["variant"]) == set(collectives.OPS)
@@ -99,8 +101,8 @@ def test_every_case_of_the_two_rank_run_is_checked_and_ok(
     assert (comm["time_median_s"] > 0).all() and comm["samples_s"].map(len).min() >= 5
 
 
-def test_rows_carry_the_world_and_the_link(two_ranks: tuple[pd.DataFrame, str]) -> None:
-    rows, _ = two_ranks
+def test_rows_carry_the_world_and_the_link(two_ranks: Run) -> None:
+    rows = two_ranks.rows
     comm = rows[rows["workload"] == "comm"]
     assert set(comm["world_size"]) == {2} and set(comm["nodes"]) == {1}
     assert set(comm["local_world_size"]) == {2} and set(comm["dist_backend"]) == {"gloo"}
@@ -114,8 +116,8 @@ def test_rows_carry_the_world_and_the_link(two_ranks: tuple[pd.DataFrame, str]) 
     assert {p["peer"] for p in pairs} == {1}
 
 
-def test_algbw_and_busbw_follow_nccl_tests(two_ranks: tuple[pd.DataFrame, str]) -> None:
-    rows, _ = two_ranks
+def test_algbw_and_busbw_follow_nccl_tests(two_ranks: Run) -> None:
+    rows = two_ranks.rows
     comm = rows[rows["workload"] == "comm"]
     for row in comm.to_dict("records"):
         params = json.loads(row["params"])
@@ -131,8 +133,8 @@ def test_algbw_and_busbw_follow_nccl_tests(two_ranks: tuple[pd.DataFrame, str]) 
     assert by[("all_reduce", "float32")] == 1000 and by[("all_to_all", "bfloat16")] == 1000
 
 
-def test_ddp_scaling_rows(two_ranks: tuple[pd.DataFrame, str]) -> None:
-    rows, _ = two_ranks
+def test_ddp_scaling_rows(two_ranks: Run) -> None:
+    rows = two_ranks.rows
     ddp = rows[rows["workload"] == "ddp"].set_index("world_size")
     assert sorted(ddp.index) == [1, 2]
     one, two = ddp.loc[1], ddp.loc[2]
@@ -158,10 +160,8 @@ def _tiny_lstm_parameters() -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def test_the_report_draws_collectives_and_scaling(
-    two_ranks: tuple[pd.DataFrame, str], tmp_path: Path
-) -> None:
-    done = run_bench("report", str(RUN_OUT["two_ranks"]), "--out", str(tmp_path))
+def test_the_report_draws_collectives_and_scaling(two_ranks: Run, tmp_path: Path) -> None:
+    done = run_bench("report", str(two_ranks.path), "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
     text = (tmp_path / "report.md").read_text()
     assert "Collectives" in text and "Data-parallel scaling" in text
@@ -169,8 +169,8 @@ def test_the_report_draws_collectives_and_scaling(
     assert sorted(scaling["world_size"]) == [1, 2]
 
 
-def test_progress_lines_name_each_case(two_ranks: tuple[pd.DataFrame, str]) -> None:
-    _, stderr = two_ranks
+def test_progress_lines_name_each_case(two_ranks: Run) -> None:
+    stderr = two_ranks.stderr
     assert "bench comm: 2 rank(s) on 1 node(s), gloo on cpu" in stderr
     assert "all_reduce 64 KiB bfloat16 on 2 rank(s):" in stderr and "busbw" in stderr
     assert "ddp lstm-lm batch 8/rank float32 on 2 rank(s)" in stderr and "efficiency" in stderr

@@ -154,7 +154,8 @@ def make_buffers(
     op: str, count: int, dtype: Any, device: str, rank: int, n: int, group: Any, peer: int = 1
 ) -> Buffers:
     """The tensors and the call of `op` for this rank (group rank `rank` of `n`), filled with the
-    check's inputs. `count` is elements(op, S, n, dtype)."""
+    check's inputs. `count` is elements(op, S, n, dtype). Groups are ranks 0..n-1 of the world,
+    so a peer's group rank is also its global rank (what send, recv and broadcast take)."""
     import torch
     import torch.distributed as dist
 
@@ -182,7 +183,7 @@ def make_buffers(
         run = lambda: dist.all_reduce(send, group=group)  # noqa: E731
         return Buffers(send, recv, run, Pattern(reduce_sum, MOVE_PERIOD))
     if op == "broadcast":
-        run = lambda: dist.broadcast(send, _global(group, 0), group=group)  # noqa: E731
+        run = lambda: dist.broadcast(send, 0, group=group)  # noqa: E731
         return Buffers(send, recv, run, moved(lambda i: 0, lambda i: i))
     if op == "all_gather":
         gather = _dist_fn("all_gather_single", "all_gather_into_tensor")
@@ -198,7 +199,7 @@ def make_buffers(
             send, recv, run, moved(lambda i: i // chunk, lambda i: rank * chunk + i % chunk, chunk)
         )
     if op == "sendrecv":
-        to, frm = _global(group, (rank + 1) % n), _global(group, (rank - 1) % n)
+        to, frm = (rank + 1) % n, (rank - 1) % n
 
         def ring() -> None:
             ops = [
@@ -218,18 +219,13 @@ def _pair(send: Any, recv: Any, rank: int, peer: int, group: Any) -> Buffers:
     import torch.distributed as dist
 
     if rank == 0:
-        to = _global(group, peer)
+        to = peer
         return Buffers(send, recv, lambda: dist.send(send, to, group=group), None)
     if rank == peer:
-        frm = _global(group, 0)
+        frm = 0
         expect = Pattern(lambda i: move_value(0, i), MOVE_PERIOD)
         return Buffers(send, recv, lambda: dist.recv(recv, frm, group=group), expect)
     return Buffers(send, recv, lambda: None, None)  # a bystander: its time is ~0
-
-
-def _global(group: Any, group_rank: int) -> int:
-    """The global rank of `group_rank` in `group` (our groups are ranks 0..n-1: the same)."""
-    return group_rank
 
 
 def check(buffers: Buffers) -> float:

@@ -28,7 +28,6 @@ from bench.case import Case, Outcome, Settings
 from bench.dist.run import (
     DdpCase,
     _broken,
-    _one_line,
     agree,
     failure_status,
     group_columns,
@@ -38,6 +37,7 @@ from bench.dist.run import (
 from bench.dist.session import Failed, Session
 from bench.dist.timing import GroupTimes, time_in_step
 from bench.models import spec
+from bench.worker import one_line
 
 BUCKET_BYTES = 25 * 2**20  # DDP's default bucket_cap_mb
 SEED = 0
@@ -128,7 +128,7 @@ def measure_ddp(session: Session, d: DdpCase, settings: Settings) -> tuple[Case,
     except Exception as exc:
         if _broken(exc):
             session.fail(exc)
-        status, reason = failure_status(exc), _one_line(exc)
+        status, reason = failure_status(exc), one_line(exc)
     agreed = agree(session, n, status, reason, error)
     times: GroupTimes | None = None
     columns: dict[str, Any] = {}

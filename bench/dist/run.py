@@ -29,6 +29,7 @@ from bench.dist.session import Failed, Place, Session, exit_failed, on_sigterm, 
 from bench.dist.timing import GroupTimes, time_in_step
 from bench.errors import UserError
 from bench.models import spec
+from bench.worker import one_line
 
 DEFAULT_SIZES = "1KiB:1GiB:4"
 DEFAULT_DTYPES = "float32,bfloat16"
@@ -234,8 +235,10 @@ def group_columns(session: Session, size: int, times: GroupTimes | None = None) 
     }
 
 
+@functools.cache
 def group_link(session: Session, size: int, peer: int | None = None) -> Any:
-    """The slowest path between ranks 0..size-1 (or between rank 0 and `peer`)."""
+    """The slowest path between ranks 0..size-1 (or between rank 0 and `peer`); the ranks never
+    change in a run, so NVML and /sys are read once per group."""
     from bench import topology
 
     members = session.members_of(size)
@@ -384,7 +387,7 @@ def measure_collective(session: Session, c: CommCase, settings: Settings) -> tup
         except Exception as exc:
             if _broken(exc):
                 session.fail(exc)
-            status, reason, buffers = failure_status(exc), _one_line(exc), None
+            status, reason, buffers = failure_status(exc), one_line(exc), None
     agreed = agree(session, n, status, reason, error)
     timed: GroupTimes | None = None
     if agreed.status == "ok" and buffers is not None:
@@ -477,11 +480,6 @@ def _broken(exc: BaseException) -> bool:
     )
     text = str(exc).lower()
     return isinstance(exc, kinds) or "connection" in text or "timed out" in text
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"[:300]
 
 
 # --- the command --------------------------------------------------------------------------------
@@ -588,7 +586,7 @@ def main(args: argparse.Namespace) -> int:
     except UserError:
         raise
     except Exception as exc:  # a bug or a broken framework: one line, the rows kept
-        exit_failed(f"rank {place.rank}: unexpected {_one_line(exc)}; {note()}")
+        exit_failed(f"rank {place.rank}: unexpected {one_line(exc)}; {note()}")
     session.close()
     if place.rank == 0 and recorder is not None:
         print(f"{recorder.count} cases -> {recorder.path}")

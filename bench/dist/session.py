@@ -27,13 +27,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import numpy as np
 
 from bench.errors import UserError
+from bench.worker import one_line
 
 # The process group's own timeout is this much later than the guard's, so the guard, which names
 # the missing rank, fires first; NCCL's watchdog or Gloo's error is the backstop.
@@ -208,7 +209,7 @@ class Guard:
         except Exception as exc:
             where = f"{self.place.master_addr}:{self.place.master_port}"
             return (
-                f"the ranks' key-value store at {where} does not answer ({_short(exc)}): "
+                f"the ranks' key-value store at {where} does not answer ({one_line(exc)}): "
                 "the launcher or rank 0 is gone"
             )
         mine = at[self.place.rank][0]
@@ -243,11 +244,6 @@ def _rank_name(rank: int, member: dict[str, Any] | None) -> str:
     if member is None:
         return f"rank {rank}"
     return f"rank {rank} (host {member['host']}, local rank {member['local_rank']})"
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[-1] if text else ''}"[:200]
 
 
 def exit_failed(message: str, status: int = EXIT_FAILED) -> None:
@@ -398,7 +394,7 @@ class Session:
     def fail(self, exc: BaseException) -> None:
         """A collective failed outright: say which rank is missing, then end this rank."""
         where = f"{self.guard.where}, {self.guard.what}"
-        raise Failed(f"{where} failed ({_short(exc)}); {self.guard.diagnose()}") from None
+        raise Failed(f"{where} failed ({one_line(exc)}); {self.guard.diagnose()}") from None
 
     def close(self) -> None:
         import torch.distributed as dist
@@ -427,6 +423,3 @@ def _nvml_index(device: str) -> int | None:
     gpus, _ = nvml.list_gpus()
     return next((g.nvml_index for g in gpus if g.index == index), None)
 
-
-def place_dict(place: Place) -> dict[str, Any]:
-    return asdict(place)
